@@ -1,0 +1,1 @@
+"""MySQL wire protocol, sans-I/O: bytes in, events out. Nothing here may import asyncio."""
