@@ -1,0 +1,400 @@
+"""One connection from Baton to a MariaDB/MySQL server: login, then commands.
+
+The hot path is ``send()`` + ``data_received()``: command bytes go out with ``writelines``, and
+response bytes are handed to the sink (normally the client's session) as they arrive, while a
+``ResponseTracker`` reads only packet headers to see where the response ends. Baton's own
+queries (``query()``) use the same path with a collecting sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .net import tcp_nodelay
+from .protocol.constants import SUPPORTED_CAPABILITIES, Command
+from .protocol.framing import PacketReader, frame
+from .protocol.handshake import ClientHandshake, Failed, Ready, Send, StartTLS
+from .protocol.packets import ErrPacket, parse_column, parse_err, parse_ok, parse_text_row
+from .protocol.response import ResponseTracker, expects_response
+from .protocol.wire import PayloadReader, ProtocolError
+
+log = logging.getLogger("baton.backend")
+
+
+class BackendError(Exception):
+    """A backend could not be reached, refused a login, or broke a connection."""
+
+    def __init__(self, backend: str, reason: str, err: ErrPacket | None = None) -> None:
+        super().__init__(f"{backend}: {reason}")
+        self.backend = backend
+        self.reason = reason
+        self.err = err  # the server's own error, when it sent one
+
+
+class QueryError(Exception):
+    """A query Baton ran for itself got an ERR packet."""
+
+    def __init__(self, err: ErrPacket) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+class ResponseSink(Protocol):
+    """Where a backend connection delivers the response to a command."""
+
+    def response_data(self, data: bytes | memoryview) -> None: ...
+    def response_infile(self, conn: BackendConnection) -> None: ...
+    def response_done(self, conn: BackendConnection) -> None: ...
+    def backend_lost(self, conn: BackendConnection, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: bytes | None
+    stage1: bytes | None  # SHA1(password): enough for mysql_native_password
+
+
+@dataclass(slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[bytes | None, ...]]
+    status: int
+    affected_rows: int = 0
+    state_oks: list[bytes] | None = None
+
+    def dicts(self) -> list[dict[str, str | None]]:
+        return [
+            {c: (v.decode("utf-8", "replace") if v is not None else None) for c, v in zip(self.columns, row, strict=False)}
+            for row in self.rows
+        ]
+
+
+class _Collector:
+    """A sink that keeps the whole response, for Baton's own queries."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def response_data(self, data: bytes | memoryview) -> None:
+        pass
+
+    def response_infile(self, conn: BackendConnection) -> None:
+        conn.abort("LOCAL INFILE requested by an internal query")
+
+    def response_done(self, conn: BackendConnection) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def backend_lost(self, conn: BackendConnection, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(BackendError(conn.backend, reason))
+
+
+class BackendConnection(asyncio.Protocol):
+    """A logged-in connection to one backend. Created by ``connect()``."""
+
+    def __init__(self, backend: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.alive = False
+        self.capabilities = 0
+        self.server_version = ""
+        self.thread_id = 0
+        self.status = 0
+        self.tracker = ResponseTracker(0)
+        self.sink: ResponseSink | None = None
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self.generation = 0  # the pool's generation when this connection was made
+        self.pool_key: object = None
+        self.user = ""
+        self.schema: str | None = None  # the connection's current default database
+        # COM_RESET_CONNECTION keeps the database but resets character_set_database: select it
+        # again before a session relies on it.
+        self.schema_stale = False
+        # COM_SET_OPTION sent on this connection (0 multi-statements on, 1 off), None if never:
+        # COM_RESET_CONNECTION does not undo it, so such a connection is never pooled.
+        self.multi_option: int | None = None
+        # Which session's state this connection holds, and which version of it (session layer).
+        self.state_owner: object = None
+        self.state_version = -1
+        self.lessee: ResponseSink | None = None  # the session holding this connection, if any
+        self._login_packets: asyncio.Queue[tuple[int, bytes] | None] | None = asyncio.Queue()
+        self._login_reader: PacketReader | None = PacketReader()
+        self._lost_reason = ""
+        self._paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        tcp_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            tracker = self.tracker
+            used = tracker.feed(data)
+            if used == len(data):
+                sink.response_data(data)
+            else:
+                if used:
+                    sink.response_data(memoryview(data)[:used])
+                if tracker.done:
+                    # bytes beyond the end of a response: the server broke protocol
+                    self.sink = None
+                    sink.response_done(self)
+                    self.abort("unexpected bytes after the end of a response")
+                    return
+            if tracker.done:
+                self.sink = None
+                self.last_used = time.monotonic()
+                sink.response_done(self)
+            elif tracker.awaiting_infile:
+                sink.response_infile(self)
+            return
+        if self._login_reader is not None:
+            self._login_reader.feed(data)
+            try:
+                while (pkt := self._login_reader.next_packet()) is not None:
+                    assert self._login_packets is not None
+                    self._login_packets.put_nowait(pkt)
+            except ProtocolError as exc:
+                self.abort(f"bad packet during login: {exc}")
+            return
+        # Unsolicited bytes on an idle connection: usually ERR (seq 0) "server shutdown" or
+        # "connection killed". The connection is unusable either way.
+        reason = "unsolicited data from server"
+        if len(data) > 4 and data[4] == 0xFF:
+            try:
+                reason = f"server sent error while idle: {parse_err(data[4:])}"
+            except ProtocolError:
+                pass
+        self.abort(reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_alive = self.alive
+        self.alive = False
+        reason = self._lost_reason or (str(exc) if exc else "connection closed by server")
+        self._lost_reason = reason
+        if self._login_packets is not None:
+            self._login_packets.put_nowait(None)
+        sink = self.sink
+        self.sink = None
+        if sink is not None:
+            sink.backend_lost(self, reason)
+        elif self.lessee is not None and was_alive:
+            self.lessee.backend_lost(self, reason)  # idle, but a session holds it: tell it
+        elif was_alive:
+            log.debug("backend connection closed backend=%s thread=%s reason=%s", self.backend, self.thread_id, reason)
+
+    def pause_writing(self) -> None:  # backend slow to take a big client packet
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- login --------------------------------------------------------------------------------
+
+    async def _login(self, hs: ClientHandshake, tls: ssl.SSLContext | None) -> None:
+        assert self._login_packets is not None
+        while True:
+            pkt = await self._login_packets.get()
+            if pkt is None:
+                raise BackendError(self.backend, self._lost_reason or "connection closed during login")
+            seq, payload = pkt
+            for action in hs.receive(seq, payload):
+                if isinstance(action, Send):
+                    assert self.transport is not None
+                    self.transport.write(action.data)
+                elif isinstance(action, StartTLS):
+                    assert tls is not None and self.transport is not None
+                    self.transport = await self.loop.start_tls(  # type: ignore[assignment]
+                        self.transport, self, tls, server_hostname=None
+                    )
+                elif isinstance(action, Ready):
+                    self.capabilities = action.capabilities
+                    self.server_version = action.handshake.server_version
+                    self.thread_id = action.handshake.connection_id
+                    self.status = action.status
+                    self.tracker = ResponseTracker(action.capabilities)
+                    self.tracker.status = action.status
+                    self._login_packets = None
+                    self._login_reader = None
+                    self.alive = True
+                    return
+                elif isinstance(action, Failed):
+                    raise BackendError(self.backend, f"login refused: {action.error}", action.error)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def send(self, buffers: Sequence[bytes | memoryview], command: int, sink: ResponseSink, collect: bool = False) -> bool:
+        """Writes a command; the response goes to ``sink``. False if no response will come."""
+        assert self.transport is not None
+        self.tracker.start(command, collect)
+        if expects_response(command):
+            self.sink = sink
+        self.transport.writelines(buffers)
+        self.last_used = time.monotonic()
+        return self.sink is not None
+
+    def send_more(self, buffers: Sequence[bytes | memoryview]) -> None:
+        """More bytes of the current command (LOCAL INFILE data)."""
+        assert self.transport is not None
+        self.transport.writelines(buffers)
+
+    async def query(self, sql: str | bytes, timeout: float | None = None) -> QueryResult:
+        """Runs a statement for Baton itself and returns its (last) result."""
+        if isinstance(sql, str):
+            sql = sql.encode("utf-8", "surrogateescape")
+        collector = _Collector(self.loop)
+        self.send([frame(b"\x03" + sql, 0)], Command.QUERY, collector, collect=True)
+        try:
+            if timeout is None:
+                await collector.future
+            else:
+                await asyncio.wait_for(collector.future, timeout)
+        except TimeoutError:
+            self.abort("internal query timed out")
+            raise BackendError(self.backend, f"query timed out after {timeout}s") from None
+        tracker = self.tracker
+        if tracker.error is not None:
+            raise QueryError(tracker.error)
+        return _result_from_packets(tracker.packets, self.capabilities, tracker.status, tracker.state_oks)
+
+    async def command(self, command: int, body: bytes = b"", timeout: float | None = None) -> ResponseTracker:
+        """Runs a simple command (PING, INIT_DB, RESET_CONNECTION, STMT_PREPARE...) for Baton."""
+        collector = _Collector(self.loop)
+        if not self.send([frame(bytes((command,)) + body, 0)], command, collector, collect=True):
+            return self.tracker
+        if timeout is None:
+            await collector.future
+        else:
+            try:
+                await asyncio.wait_for(collector.future, timeout)
+            except TimeoutError:
+                self.abort("internal command timed out")
+                raise BackendError(self.backend, f"command timed out after {timeout}s") from None
+        return self.tracker
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    @property
+    def busy(self) -> bool:
+        return self.sink is not None
+
+    def abort(self, reason: str) -> None:
+        """Drops the connection at once; the sink (if any) hears ``backend_lost``."""
+        self._lost_reason = self._lost_reason or reason
+        self.alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Polite close: COM_QUIT, so the server does not count an aborted connection."""
+        if self.transport is not None and not self.transport.is_closing():
+            if self.alive and self.sink is None:
+                self.transport.write(frame(b"\x01", 0))
+            self.alive = False
+            self._lost_reason = "closed by Baton"
+            self.transport.close()
+
+
+def _result_from_packets(packets: list[bytes], caps: int, status: int, state_oks: list[bytes]) -> QueryResult:
+    """Turns a collected text response into columns and rows (the last result set wins)."""
+    result = QueryResult([], [], status, 0, state_oks)
+    i = 0
+    n = len(packets)
+    while i < n:
+        pkt = packets[i]
+        first = pkt[0]
+        if first == 0x00:
+            ok = parse_ok(pkt, caps)
+            result.affected_rows = ok.affected_rows
+            i += 1
+            continue
+        if first == 0xFF:
+            i += 1
+            continue
+        count = PayloadReader(pkt).lenenc_int() or 0
+        cols = [parse_column(p).name for p in packets[i + 1 : i + 1 + count]]
+        i += 1 + count
+        if i < n and packets[i][0] == 0xFE and len(packets[i]) < 9 and not caps & (1 << 24):
+            i += 1  # EOF after column definitions
+        rows = []
+        while i < n:
+            p = packets[i]
+            if (p[0] == 0xFE and len(p) < 0xFFFFFF) or p[0] == 0xFF:
+                i += 1
+                break
+            rows.append(parse_text_row(p, count))
+            i += 1
+        result.columns = cols
+        result.rows = rows
+    return result
+
+
+async def connect(
+    backend: str,
+    host: str,
+    port: int,
+    credentials: Credentials,
+    *,
+    timeout: float,
+    capabilities: int = int(SUPPORTED_CAPABILITIES),
+    database: str | None = None,
+    charset: int = 45,
+    tls: ssl.SSLContext | None = None,
+    attributes: dict[str, str] | None = None,
+) -> BackendConnection:
+    """Opens and logs in a backend connection, or raises BackendError within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    conn = BackendConnection(backend, loop)
+    hs = ClientHandshake(
+        user=credentials.user,
+        password=credentials.password,
+        stage1=credentials.stage1,
+        database=database,
+        capabilities=capabilities,
+        charset=charset,
+        attributes=attributes or {"_client_name": "baton", "program_name": "baton"},
+        use_tls=tls is not None,
+    )
+
+    async def _open() -> None:
+        await loop.create_connection(lambda: conn, host, port)
+        await conn._login(hs, tls)
+
+    try:
+        await asyncio.wait_for(_open(), timeout)
+    except TimeoutError:
+        conn.abort("connect timeout")
+        raise BackendError(backend, f"connect/login timed out after {int(timeout * 1000)} ms") from None
+    except OSError as exc:
+        conn.abort(str(exc))
+        raise BackendError(backend, exc.strerror or str(exc)) from None
+    except ProtocolError as exc:
+        conn.abort(str(exc))
+        raise BackendError(backend, f"protocol error during login: {exc}") from None
+    except BackendError:
+        conn.abort("login failed")
+        raise
+    conn.user = credentials.user
+    conn.schema = database
+    return conn
