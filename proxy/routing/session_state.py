@@ -1,0 +1,167 @@
+"""Keeps every backend connection a session uses in the session's state.
+
+A session may run statements on the master and on several replicas, and between statements its
+connections may go back to the pool. So Baton records what the session set — default schema,
+``SET`` of session and user variables, ``SET NAMES``, autocommit, isolation level — and replays
+it on a connection before the session's first statement there (one ``SET`` with every item).
+
+Only literal values are replayed (``SET @a = 5``, ``SET sql_mode = 'ANSI'``): an expression
+(``SET @a = NOW()``, ``SET @a = (SELECT ...)``) could evaluate differently elsewhere, so such a
+session is pinned to the master instead of guessing. Connections given back to the pool are
+reset first (COM_RESET_CONNECTION), so state never leaks from one client to another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..backend import BackendConnection, BackendError, QueryError
+from ..protocol.constants import Command
+from .classifier import SetItem, is_literal
+
+if TYPE_CHECKING:
+    from ..frontend import ClientSession
+
+class StateRestoreError(BackendError):
+    """A backend connection could not be made to match the session (reported as 9109)."""
+
+
+# Variables whose value belongs to one connection or one statement: never replayed.
+_NOT_REPLAYED = frozenset(
+    {"last_gtid", "timestamp", "insert_id", "last_insert_id", "identity", "rand_seed1",
+     "rand_seed2", "warning_count", "error_count", "pseudo_thread_id", "gtid_seq_no",
+     "gtid_domain_id", "server_id", "sql_log_bin", "skip_replication"}
+)
+
+# Isolation level and access mode as session variables, so they fit in one SET list.
+_TRANSACTION_VARS = {"isolation_level": "tx_isolation", "access_mode": "tx_read_only"}
+_ISOLATION_LEVELS = frozenset({"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+
+@dataclass
+class SessionState:
+    """What a client session has set; ``version`` bumps on every change."""
+
+    schema: str | None = None
+    items: dict[str, str] = field(default_factory=dict)  # key -> one SET assignment, in order
+    version: int = 0
+
+    def replay_statements(self) -> list[bytes]:
+        """What makes a fresh connection match: ``SET NAMES`` first and on its own (the
+        rest is parsed in the charset it sets), then one SET with every other item, as the
+        client's own bytes (values keep their encoding, whatever it is)."""
+        items = self.items
+        if not items:
+            return []
+        out = []
+        names = items.get("names")
+        if names is not None:
+            out.append(_raw("SET " + names))
+        rest = [text for key, text in items.items() if key != "names"]
+        if rest:
+            out.append(_raw("SET " + ", ".join(rest)))
+        return out
+
+    def record(self, items: tuple[SetItem, ...]) -> bool:
+        """Adds SET assignments; False if one cannot be replayed faithfully (pin instead)."""
+        replayable = True
+        for item in items:
+            if item.scope == "names" and item.name == "collation" and "names" in self.items:
+                if not is_literal(item.value):
+                    replayable = False
+                    continue
+                self.items["names"] += f" COLLATE {item.value}"
+                continue
+            key, text = _assignment(item)
+            if key is None:
+                replayable = False
+                continue
+            if text is None:
+                continue
+            self.items.pop(key, None)  # re-insert at the end: replay in the order last set
+            self.items[key] = text
+        self.version += 1
+        return replayable
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.version += 1
+
+
+def _assignment(item: SetItem) -> tuple[str | None, str | None]:
+    """(key, SQL text) for one SET item; key None = not replayable; text None = nothing to do."""
+    scope, name, value = item.scope, item.name, item.value
+    if scope == "transaction":
+        return _transaction_assignment(name, value)
+    if not is_literal(value):
+        return None, None
+    if scope == "names":  # SET NAMES gives a charset item, then maybe a collation item
+        return "names", f"NAMES {value}"
+    if scope == "charset":
+        return "names", f"CHARACTER SET {value}"
+    if scope == "user":
+        return f"@{name}", f"@`{name}` = {value}"
+    if scope == "session":
+        if name in _NOT_REPLAYED:
+            return f"@@{name}", None
+        return f"@@{name}", f"@@session.{name} = {value}"
+    return None, None
+
+
+def _transaction_assignment(name: str, value: str) -> tuple[str | None, str | None]:
+    """SET SESSION TRANSACTION ... as session variables (so they fit in one SET list)."""
+    var = _TRANSACTION_VARS.get(name)
+    words = " ".join(value.upper().split())
+    if var is None:
+        return None, None  # SET TRANSACTION for the next transaction only: pin
+    if var == "tx_isolation":
+        if words not in _ISOLATION_LEVELS:
+            return None, None
+        return f"@@{var}", f"@@session.{var} = '{words.replace(' ', '-')}'"
+    if words not in ("READ ONLY", "READ WRITE"):
+        return None, None
+    return f"@@{var}", f"@@session.{var} = {1 if words == 'READ ONLY' else 0}"
+
+
+def _raw(text: str) -> bytes:
+    """Back to the client's bytes (the classifier decoded them with surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+class SessionStateKeeper:
+    """Applies a session's recorded state to a backend connection before it is used."""
+
+    async def restore(self, session: ClientSession, conn: BackendConnection) -> None:
+        state = session.state
+        if state.schema and (conn.schema != state.schema or conn.schema_stale):
+            tracker = await conn.command(Command.INIT_DB, state.schema.encode(), timeout=5)
+            if tracker.error is not None:
+                raise StateRestoreError(conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}")
+            conn.schema = state.schema
+            conn.schema_stale = False
+        option = session.multi_option
+        if option is not None and conn.multi_option != option:
+            tracker = await conn.command(Command.SET_OPTION, bytes((option & 0xFF, option >> 8)), timeout=5)
+            if tracker.error is not None:
+                raise StateRestoreError(conn.backend, f"cannot set the multi-statement option: {tracker.error.message}")
+            conn.multi_option = option
+        if conn.state_owner is session and conn.state_version == state.version:
+            return
+        for sql in state.replay_statements():
+            try:
+                await conn.query(sql, timeout=5)
+            except QueryError as exc:
+                raise StateRestoreError(conn.backend, f"replaying the session's SET failed: {exc.err.message}") from None
+        conn.state_owner = session
+        conn.state_version = state.version
+
+    @staticmethod
+    def in_sync(session: ClientSession, conn: BackendConnection) -> bool:
+        state = session.state
+        return (
+            conn.state_owner is session
+            and conn.state_version == state.version
+            and (not state.schema or (conn.schema == state.schema and not conn.schema_stale))
+            and conn.multi_option == session.multi_option
+        )
