@@ -1,0 +1,1 @@
+"""Backend monitoring, failure detection, topology and promotion."""

@@ -1,0 +1,758 @@
+"""Changes of master: observed, told, or carried out here; fencing of the master replaced.
+
+Baton learns of a new master in one of three ways, by [failover] mode:
+
+- follow: someone else (Orchestrator, an operator) promotes; the monitor sees a replica
+  turn writable while the master is lost or read-only, and Baton adopts it.
+- auto: Baton promotes. A master is dead only when Baton's probes fail AND every
+  reachable replica's IO thread has lost it too (a partition between Baton and a healthy
+  master must not cause a failover). Then the replica that has received the most is
+  promoted, the others are repointed to it by GTID, and the epoch goes up. A promotion
+  made by someone else meanwhile is followed as in follow mode.
+- manual: nothing moves until an operator says so. (With no master known at all, as when
+  no backend is configured as master, the one writable server is adopted in every mode:
+  that is discovery, not a change of master.)
+
+In every mode Baton can be *told* (admin PROMOTE, `baton notify-promotion`, Redis): one
+code path, `promote()`, which adopts a promotion made elsewhere. `switchover()` is the
+planned change, with no transaction lost. A master that is replaced is fenced by the
+Topology (never written to again by this process); when it comes back it is set
+read_only and, with auto_rejoin, made a replica of the new master if its history allows.
+
+Every SQL statement goes through Monitor.execute; every step is logged on one line and
+recorded in the Timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from proxy.backend import BackendError, QueryError
+from proxy.config import BackendConfig, FailoverConfig
+from proxy.health.election import (
+    GtidError,
+    Refusal,
+    choose_candidate,
+    gtid_contains,
+    master_confirmed_dead,
+)
+from proxy.health.events import (
+    PROMOTION_SOURCES,
+    BackendFenced,
+    Event,
+    EventBus,
+    MasterLost,
+    MasterPromoted,
+    PromotionSource,
+    SplitBrainSuspected,
+)
+from proxy.health.monitor import BackendHealth, Monitor, cancel_all
+from proxy.health.states import BackendState
+from proxy.health.timeline import FailoverRecord, Timeline
+from proxy.health.topology import Topology, TopologyError
+
+log = logging.getLogger("baton.failover")
+
+# Any one statement Baton runs during a failover (STOP SLAVE may wait for a running event).
+STEP_TIMEOUT_S = 10.0
+# While waiting for the replicas to agree the master is dead, re-read their IO threads this
+# often; after CONFIRM_FAST_S (replicas notice within slave_net_timeout, 4 s as Orchestrator
+# recommends) keep asking, more slowly, for as long as the master stays lost.
+CONFIRM_FAST_PERIOD_S = 0.15
+CONFIRM_SLOW_PERIOD_S = 1.0
+CONFIRM_FAST_S = 10.0
+
+_LOST_STATES = (BackendState.SHUNNED, BackendState.OFFLINE_HARD)
+_FIRST_RECORD_KIND = {"auto": "auto", "follow": "observed", "manual": "admin"}
+
+
+class PromotionRefused(Exception):
+    """A promotion or switchover Baton will not carry out; the message says why."""
+
+
+class FailoverCoordinator:
+    def __init__(
+        self,
+        cfg: FailoverConfig,
+        backends: Sequence[BackendConfig],
+        topology: Topology,
+        monitor: Monitor,
+        bus: EventBus,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        catch_up_timeout_s: float = 30.0,
+        switchover_timeout_s: float = 5.0,
+    ) -> None:
+        self._cfg = cfg
+        self._backends = {b.name: b for b in backends}
+        self._topology = topology
+        self._monitor = monitor
+        self._bus = bus
+        self._clock = clock
+        self._catch_up_timeout_s = catch_up_timeout_s
+        self._switchover_timeout_s = switchover_timeout_s
+        self.timeline = Timeline(clock)
+        # One change of master at a time: auto failover, told promotion, switchover.
+        self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._split_brain: tuple[str, ...] | None = None
+        self._last_auto_at: float | None = None
+        self._promoting: FailoverRecord | None = None  # record our own promote() call fills
+        self._busy: set[str] = set()  # backends with a fence/rejoin/repoint in flight
+        self._adopting = False
+        self._warned: set[tuple[str, str]] = set()  # (backend, problem) logged once
+        # Asked before an automatic failover: may this instance perform it? (ClusterLink)
+        self.failover_gate: Callable[[], Awaitable[bool]] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._unsubscribe = [
+            self._bus.subscribe(self._on_event),
+            self._monitor.on_sample(self._on_sample),
+        ]
+
+    async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        await cancel_all(list(self._tasks))
+
+    def update(self, cfg: FailoverConfig, backends: Sequence[BackendConfig]) -> None:
+        """Config reload: a new mode applies to the next event."""
+        if cfg.mode != self._cfg.mode:
+            log.info("failover_mode old=%s new=%s", self._cfg.mode, cfg.mode)
+        self._cfg = cfg
+        self._backends = {b.name: b for b in backends}
+        self._warned.clear()
+
+    # -- state the router and the admin port read ---------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self._cfg.mode
+
+    @property
+    def split_brain(self) -> tuple[str, ...] | None:
+        """Nodes taking writes beside (or instead of) the master of this epoch, or None.
+
+        An alarm: writes still go only to the master of the current epoch; the router
+        holds them while this is set.
+        """
+        return self._split_brain
+
+    @property
+    def switchover_in_progress(self) -> bool:
+        """The router holds writes while this is True: the old master is read-only."""
+        return not self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no switchover is in progress (whatever its outcome)."""
+        await self._idle.wait()
+
+    # -- told: admin PROMOTE, notify-promotion, Redis ------------------------------------------
+
+    async def promote(
+        self,
+        name: str,
+        *,
+        source: str,
+        old: str | None = None,
+        epoch: int | None = None,
+    ) -> FailoverRecord:
+        """Adopt a promotion someone else made: `name` is master from now on.
+
+        No SQL on the servers, except fencing the replaced master read_only if it is
+        reachable. The target must be a known backend, not fenced, reachable, writable
+        (read_only=0) and no longer replicating; otherwise PromotionRefused says why.
+        With `epoch` (learnt from another Baton through Redis) the decision was taken
+        elsewhere: problems are logged, the Topology decides whether the epoch is news.
+        """
+        if source not in PROMOTION_SOURCES:
+            raise PromotionRefused(f"unknown promotion source {source!r}")
+        async with self._lock:
+            return await self._adopt(name, cast(PromotionSource, source), old, epoch)
+
+    async def _adopt(
+        self, name: str, source: PromotionSource, old: str | None, epoch: int | None
+    ) -> FailoverRecord:
+        topo = self._topology
+        if name not in topo.backends():
+            raise PromotionRefused(f"unknown backend {name!r}")
+        previous = topo.master
+        if epoch is None and name == previous:
+            return self._unrecorded(source, name, "unchanged: already master")
+        if epoch is not None and epoch <= topo.epoch:
+            topo.promote(name, source=source, old=old, epoch=epoch)  # logs, or alarms a conflict
+            return self._unrecorded(source, name, f"ignored: epoch {epoch} is not newer")
+        problem = await self._why_not_writable(name)
+        if problem is not None:
+            if epoch is None:
+                log.warning(
+                    "promotion_refused backend=%s source=%s reason=%r", name, source, problem
+                )
+                raise PromotionRefused(problem)
+            log.warning(
+                "promotion_adopted_anyway backend=%s epoch=%d source=%s concern=%r",
+                name,
+                epoch,
+                source,
+                problem,
+            )
+        # A record opened when the master was lost is completed by this promotion.
+        rec = self.timeline.open_record(old=previous) or self.timeline.open(source, old or previous)
+        self._step(
+            rec, f"{source} promotion of {name} adopted" + (f" at epoch {epoch}" if epoch else "")
+        )
+        try:
+            self._publish_promotion(rec, name, source, old, epoch)
+        except TopologyError as e:
+            self._step(rec, f"topology refused the promotion: {e}", logging.ERROR)
+            raise PromotionRefused(str(e)) from None
+        for replaced in dict.fromkeys((previous, old)):
+            if replaced is not None and replaced != name and replaced in topo.backends():
+                await self._handle_return(replaced, rec)
+        return rec
+
+    def _unrecorded(self, source: str, name: str, outcome: str) -> FailoverRecord:
+        """The answer to a promotion that changes nothing: not kept in the timeline."""
+        return FailoverRecord(
+            id=0,
+            kind=source,
+            old=name,
+            detected_at=self._clock(),
+            new=name,
+            epoch=self._topology.epoch,
+            outcome=outcome,
+        )
+
+    async def _why_not_writable(self, name: str) -> str | None:
+        if self._topology.is_fenced(name):
+            return (
+                f"{name} is fenced: it was master before epoch {self._topology.epoch} and may "
+                "hold transactions the others lack"
+            )
+        asked = self._clock()
+        h = await self._monitor.probe_now(name)
+        if not h.alive:
+            return f"{name} is unreachable ({h.last_error})"
+        if h.replication_checked_at is None or h.replication_checked_at < asked:
+            return f"could not read {name}'s state ({h.last_error})"
+        if h.read_only is not False:
+            return f"{name} has read_only=1: make it writable first, or use a switchover"
+        if h.io_running or h.sql_running:
+            return f"{name} still replicates from {h.master_name or f'{h.master_host}:{h.master_port}'}"
+        return None
+
+    # -- planned -------------------------------------------------------------------------------
+
+    async def switchover(self, to: str) -> FailoverRecord:
+        """Planned change of master to `to`, losing nothing.
+
+        The old master goes read_only (the router holds writes meanwhile), `to` applies
+        everything the old master wrote, becomes writable, the other replicas and the old
+        master are repointed to it, then the epoch goes up. If `to` does not catch up in
+        time the old master is made writable again and nothing else changes.
+        """
+        async with self._lock:
+            old = self._topology.master
+            self._check_switchover(old, to)
+            assert old is not None
+            rec = self.timeline.open("switchover", old)
+            self._idle.clear()
+            to_writable = False
+            try:
+                self.timeline.decided(rec, to)
+                self._step(rec, f"switchover {old} -> {to} started")
+                semi = self._semi_sync_wanted(old)
+                await self._sql(rec, old, "SET GLOBAL read_only = 1")
+                try:
+                    pos = await self._value(old, "SELECT @@gtid_binlog_pos")
+                    self._step(rec, f"{old} read-only at {pos or 'empty position'}")
+                    await self._wait_applied(rec, to, pos, self._switchover_timeout_s)
+                except (PromotionRefused, BackendError, QueryError) as e:
+                    self._step(rec, f"{to} did not catch up: {e}; {old} made writable again")
+                    await self._sql(rec, old, "SET GLOBAL read_only = 0")
+                    self.timeline.finish(rec, "failed: target did not catch up", str(e))
+                    raise PromotionRefused(
+                        f"switchover aborted, {old} is master again: {e}"
+                    ) from None
+                await self._take_writes(rec, to, semi)
+                to_writable = True
+                await self._repoint(rec, self._other_replicas(to, old), to, semi)
+                try:
+                    await self._follow(rec, old, to, former_master=True, semi=semi)
+                except (BackendError, QueryError) as e:
+                    self._step(rec, f"could not make {old} a replica of {to}: {e}", logging.ERROR)
+                self._publish_promotion(rec, to, "switchover", old, None)
+                return rec
+            except (BackendError, QueryError) as e:
+                self._step(rec, f"switchover failed: {e}", logging.ERROR)
+                self.timeline.finish(rec, "failed", str(e))
+                if not to_writable:
+                    await self._undo_switchover(rec, old, to)
+                raise PromotionRefused(f"switchover failed: {e}") from None
+            finally:
+                self._idle.set()
+
+    async def _undo_switchover(self, rec: FailoverRecord, old: str, to: str) -> None:
+        """Best effort after a failure before `to` took writes: `old` writable again, `to`
+        replicating again. What cannot be undone is logged for an operator."""
+        for backend, sql in ((old, "SET GLOBAL read_only = 0"), (to, "START SLAVE")):
+            try:
+                await self._sql(rec, backend, sql)
+            except (BackendError, QueryError) as e:
+                self._step(rec, f"undo failed, fix by hand: {backend}: {sql}: {e}", logging.ERROR)
+
+    def _check_switchover(self, old: str | None, to: str) -> None:
+        topo = self._topology
+        if to not in topo.backends():
+            raise PromotionRefused(f"unknown backend {to!r}")
+        if old is None or topo.writable_master() != old:
+            raise PromotionRefused("no writable master to switch over from; use PROMOTE")
+        if to == old:
+            raise PromotionRefused(f"{to} is already the master")
+        if topo.is_fenced(to):
+            raise PromotionRefused(f"{to} is fenced and cannot become master again")
+        if not self._cfg.replication_user:
+            raise PromotionRefused(
+                "a switchover makes the old master a replica: set [failover] replication_user"
+            )
+        h = self._monitor.health(to)
+        if not h.alive:
+            raise PromotionRefused(f"{to} is unreachable ({h.last_error})")
+        if h.master_name != old or not (h.io_running and h.sql_running):
+            raise PromotionRefused(f"{to} is not replicating from {old}")
+        limit_s = self._backends[to].max_replication_lag_ms / 1000 if to in self._backends else 1.0
+        if h.lag_s is None or h.lag_s > limit_s:
+            raise PromotionRefused(f"{to} lags ({h.lag_s} s, limit {limit_s:g} s): try again later")
+
+    # -- events and samples --------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, MasterLost):
+            self._on_master_lost(event)
+        elif isinstance(event, MasterPromoted):
+            rec = (
+                self._promoting
+                or self.timeline.open_record(old=event.old)
+                or self.timeline.open(event.source, event.old)
+            )
+            self.timeline.promoted(rec, event.new, event.epoch, event.source)
+            self._step(rec, f"{event.new} is master of epoch {event.epoch} ({event.source})")
+        elif isinstance(event, SplitBrainSuspected):
+            self._split_brain = event.writers
+            log.error(
+                "split_brain_suspected writers=%s epoch=%d master=%s "
+                "action=writes_only_to_master_of_epoch",
+                ",".join(event.writers),
+                self._topology.epoch,
+                self._topology.master,
+            )
+        elif isinstance(event, BackendFenced):
+            log.warning("backend_fenced backend=%s epoch=%d", event.name, event.epoch)
+
+    def _on_master_lost(self, event: MasterLost) -> None:
+        if event.epoch != self._topology.epoch or event.name != self._topology.master:
+            return
+        mode = self._cfg.mode
+        rec = self.timeline.open(_FIRST_RECORD_KIND.get(mode, mode), event.name)
+        self._step(
+            rec, f"master {event.name} lost at epoch {event.epoch} (mode {mode})", logging.WARNING
+        )
+        if mode == "auto":
+            self._spawn(self._auto_failover(rec, event.name))
+
+    def _on_sample(self, h: BackendHealth) -> None:
+        topo = self._topology
+        self._recheck_split_brain()
+        if h.name not in topo.backends():
+            return
+        follows = self._cfg.mode in ("follow", "auto") or topo.master is None
+        if follows and not self._lock.locked() and not self._adopting:
+            candidate = topo.observed_promotion_candidate()
+            if candidate is not None:
+                self._adopting = True  # now, not when the task starts: one adoption at a time
+                self._spawn(self._adopt_observed(candidate))
+        if not h.alive or h.name in self._busy or self._lock.locked():
+            return
+        if topo.is_fenced(h.name):
+            if self._needs_fencing(h) or self._needs_rejoin(h):
+                self._spawn(self._handle_return(h.name))
+        elif (
+            self._cfg.mode == "auto"
+            and h.master_name is not None
+            and topo.is_fenced(h.master_name)
+            and topo.writable_master() is not None
+            and topo.state(h.name) is not BackendState.OFFLINE_HARD
+        ):
+            # A replica that was down during the failover still points at the old master.
+            self._spawn(self._repoint_stray(h.name))
+
+    def _recheck_split_brain(self) -> None:
+        if self._split_brain is None:
+            return
+        writers = [h.name for h in self._monitor.all_health() if h.alive and h.read_only is False]
+        fenced = [
+            n for n in writers if n in self._topology.backends() and self._topology.is_fenced(n)
+        ]
+        if len(writers) < 2 and not fenced:
+            log.info("split_brain_resolved writers=%s", ",".join(writers) or "-")
+            self._split_brain = None
+
+    async def _adopt_observed(self, candidate: str) -> None:
+        try:
+            await self.promote(candidate, source="observed", old=self._topology.master)
+        except PromotionRefused as e:
+            key = (candidate, str(e))
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "observed_promotion_not_adopted backend=%s reason=%r", candidate, str(e)
+                )
+        finally:
+            self._adopting = False
+
+    # -- automatic failover ---------------------------------------------------------------------
+
+    async def _auto_failover(self, rec: FailoverRecord, old: str) -> None:
+        try:
+            if self._refused_by_anti_flap(rec):
+                return
+            if not await self._confirm_dead(rec, old):
+                return
+            async with self._lock:
+                if self._topology.master != old or self._cfg.mode != "auto":
+                    self.timeline.finish(rec, "cancelled: master changed meanwhile")
+                    return
+                if self._refused_by_anti_flap(rec):
+                    return
+                if self.failover_gate is not None and not await self.failover_gate():
+                    # Another Baton instance took the failover; its promotion reaches us
+                    # through Redis and completes this record.
+                    self._step(rec, "another Baton instance performs this failover")
+                    return
+                choice = choose_candidate(self._monitor.replica_statuses())
+                if isinstance(choice, Refusal):
+                    self._step(rec, f"no candidate: {choice.reason}", logging.ERROR)
+                    self.timeline.finish(rec, f"refused: {choice.reason}")
+                    return
+                new = choice.name
+                self.timeline.decided(rec, new)
+                self._step(rec, f"chose {new}: {choice.reason}")
+                semi = self._semi_sync_wanted(old)
+                await self._sql(rec, new, "STOP SLAVE IO_THREAD")
+                received = await self._value(new, "SHOW SLAVE STATUS", column="Gtid_IO_Pos")
+                await self._wait_applied(
+                    rec, new, _one_line(received) or choice.catch_up_to, self._catch_up_timeout_s
+                )
+                await self._take_writes(rec, new, semi)
+                await self._repoint(rec, self._other_replicas(new, old), new, semi)
+                self._publish_promotion(rec, new, "auto", old, None)
+                self._last_auto_at = self._clock()
+        except (PromotionRefused, BackendError, QueryError, TopologyError) as e:
+            self._step(rec, f"failover failed: {e}", logging.ERROR)
+            self.timeline.finish(rec, "failed", str(e))
+
+    def _refused_by_anti_flap(self, rec: FailoverRecord) -> bool:
+        if self._last_auto_at is None:
+            return False
+        since = self._clock() - self._last_auto_at
+        if since >= self._cfg.min_interval_s:
+            return False
+        why = (
+            f"last automatic failover {since:.1f}s ago, min_interval_s={self._cfg.min_interval_s}: "
+            "promote by hand if the master is really gone"
+        )
+        self._step(rec, f"failover refused: {why}", logging.ERROR)
+        self.timeline.finish(rec, f"refused: {why}")
+        return True
+
+    async def _confirm_dead(self, rec: FailoverRecord, old: str) -> bool:
+        """Wait until every reachable replica's IO thread has lost `old` too."""
+        topo = self._topology
+        started = self._clock()
+        waiting_said = False
+        while True:
+            if topo.master != old or self._cfg.mode != "auto":
+                self.timeline.finish(rec, "cancelled: master changed meanwhile")
+                return False
+            if topo.state(old) not in _LOST_STATES:
+                self._step(rec, f"{old} answers again: no failover")
+                self.timeline.finish(rec, "cancelled: master came back")
+                return False
+            asked = self._clock()
+            names = [n for n in self._monitor.backends() if n != old]
+            healths = await asyncio.gather(*(self._monitor.probe_now(n) for n in names))
+            opinions = [_io_opinion(h, old, asked) for h in healths]
+            if master_confirmed_dead(True, opinions):
+                lost = [h.name for h, o in zip(healths, opinions, strict=True) if o is False]
+                self._step(rec, f"confirmed dead: replicas {', '.join(lost)} lost {old} too")
+                return True
+            if not waiting_said:
+                waiting_said = True
+                connected = [h.name for h, o in zip(healths, opinions, strict=True) if o]
+                self._step(
+                    rec,
+                    "waiting for replicas to lose the master: "
+                    + (
+                        f"{', '.join(connected)} still connected"
+                        if connected
+                        else "no replica reachable"
+                    ),
+                )
+            fast = self._clock() - started < CONFIRM_FAST_S
+            await asyncio.sleep(CONFIRM_FAST_PERIOD_S if fast else CONFIRM_SLOW_PERIOD_S)
+
+    # -- steps on the servers -------------------------------------------------------------------
+
+    async def _wait_applied(self, rec: FailoverRecord, name: str, pos: str, timeout: float) -> None:
+        """Until `name` has applied `pos` (MASTER_GTID_WAIT), or PromotionRefused."""
+        if not pos:
+            return
+        result = await self._value(
+            name,
+            f"SELECT MASTER_GTID_WAIT({_quote(pos)}, {timeout:g})",
+            timeout=timeout + STEP_TIMEOUT_S,
+        )
+        if result != "0":
+            raise PromotionRefused(f"{name} did not apply {pos} within {timeout:g}s")
+        self._step(rec, f"{name} has applied {pos}")
+
+    async def _take_writes(self, rec: FailoverRecord, name: str, semi: bool) -> None:
+        await self._sql(rec, name, "STOP SLAVE")
+        await self._sql(rec, name, "RESET SLAVE ALL")
+        await self._sql(rec, name, "SET GLOBAL read_only = 0")
+        if semi:
+            await self._sql(rec, name, "SET GLOBAL rpl_semi_sync_master_enabled = 1")
+
+    async def _repoint(
+        self, rec: FailoverRecord, names: list[str], master: str, semi: bool
+    ) -> None:
+        """Repoint replicas concurrently; one that fails does not stop the failover."""
+        results = await asyncio.gather(
+            *(self._follow(rec, n, master, former_master=False, semi=semi) for n in names),
+            return_exceptions=True,
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                self._step(rec, f"could not repoint {name} to {master}: {result}", logging.ERROR)
+
+    async def _follow(
+        self, rec: FailoverRecord | None, name: str, master: str, *, former_master: bool, semi: bool
+    ) -> None:
+        """Make `name` replicate from `master` by GTID.
+
+        A former master's own transactions are in its binlog, not in gtid_slave_pos (which
+        is stale from its replica days), so its slave position is first set to its binlog
+        position: MariaDB's advice, rather than the deprecated MASTER_USE_GTID=current_pos.
+        """
+        target = self._backends[master]
+        statements: list[tuple[str, str | None]] = [("STOP SLAVE", None)]
+        if former_master:
+            statements.append(("SET GLOBAL read_only = 1", None))
+            statements.append(("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos", None))
+        if semi:
+            statements.append(("SET GLOBAL rpl_semi_sync_slave_enabled = 1", None))
+        change = f"CHANGE MASTER TO MASTER_HOST={_quote(target.host)}, MASTER_PORT={target.port}"
+        shown = change
+        if self._cfg.replication_user:
+            change += f", MASTER_USER={_quote(self._cfg.replication_user)}"
+            shown = change + ", MASTER_PASSWORD='***'"
+            change += f", MASTER_PASSWORD={_quote(self._cfg.replication_password)}"
+        tail = ", MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+        statements += [(change + tail, shown + tail), ("START SLAVE", None)]
+        for sql, display in statements:
+            await self._sql(rec, name, sql, shown=display)
+
+    async def _handle_return(self, name: str, rec: FailoverRecord | None = None) -> None:
+        """A fenced old master is reachable: read_only=1, and with auto_rejoin a replica."""
+        if name in self._busy:
+            return
+        self._busy.add(name)
+        try:
+            rec = rec or self.timeline.latest_for_old(name)
+            h = self._monitor.health(name)
+            if not h.alive:
+                if rec is not None:
+                    self._step(rec, f"{name} unreachable: fenced when it comes back")
+                return
+            if self._needs_fencing(h):
+                await self._sql(rec, name, "SET GLOBAL read_only = 1")
+                self._step(rec, f"fenced {name}: read_only=1", logging.WARNING)
+            if self._needs_rejoin(h):
+                await self._rejoin(rec, name)
+        except (BackendError, QueryError) as e:
+            log.warning("fencing_failed backend=%s reason=%r", name, str(e))
+        finally:
+            self._busy.discard(name)
+
+    def _needs_fencing(self, h: BackendHealth) -> bool:
+        return self._cfg.fence_read_only and h.read_only is not True
+
+    def _needs_rejoin(self, h: BackendHealth) -> bool:
+        topo = self._topology
+        return (
+            self._cfg.auto_rejoin
+            and topo.state(h.name) is not BackendState.OFFLINE_HARD
+            and topo.writable_master() is not None
+            and not (h.read_only is True and h.master_name == topo.master)
+        )
+
+    async def _rejoin(self, rec: FailoverRecord | None, name: str) -> None:
+        master = self._topology.writable_master()
+        if master is None:
+            return
+        if not self._cfg.replication_user:
+            key = (name, "no replication_user")
+            if key not in self._warned:
+                self._warned.add(key)
+                log.error(
+                    "rejoin_impossible backend=%s reason=%r",
+                    name,
+                    "an old master has no replication account: set [failover] replication_user",
+                )
+            return
+        if await self._diverged(rec, name, master):
+            return
+        await self._follow(rec, name, master, former_master=True, semi=self._semi_sync_wanted(name))
+        self._step(rec, f"{name} rejoined as a replica of {master}")
+
+    async def _repoint_stray(self, name: str) -> None:
+        if name in self._busy:
+            return
+        self._busy.add(name)
+        try:
+            master = self._topology.writable_master()
+            h = self._monitor.health(name)
+            if master is None or h.master_name == master:
+                return
+            rec = self.timeline.latest_for_old(h.master_name) if h.master_name else None
+            if await self._diverged(rec, name, master):
+                return
+            await self._follow(rec, name, master, former_master=False, semi=bool(h.semi_sync_slave))
+            self._step(rec, f"{name} repointed from {h.master_name} to {master}")
+        except (BackendError, QueryError) as e:
+            log.warning("repoint_failed backend=%s reason=%r", name, str(e))
+        finally:
+            self._busy.discard(name)
+
+    async def _diverged(self, rec: FailoverRecord | None, name: str, master: str) -> bool:
+        """Whether `name` holds transactions `master` lacks; if so it is left OFFLINE_HARD."""
+        theirs = await self._value(master, "SELECT @@gtid_binlog_state")
+        mine = await self._value(name, "SELECT @@gtid_binlog_state")
+        try:
+            contained = gtid_contains(theirs, mine)
+        except GtidError as e:
+            contained, theirs = False, f"{theirs} ({e})"
+        if contained:
+            return False
+        self._monitor.set_admin_state(name, BackendState.OFFLINE_HARD)
+        self._step(
+            rec,
+            f"{name} has transactions {master} lacks ({mine} vs {theirs}): left OFFLINE_HARD; "
+            "rebuild it from the master or reconcile by hand, then set it ONLINE",
+            logging.ERROR,
+        )
+        return True
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _other_replicas(self, new: str, old: str) -> list[str]:
+        """Live replicas to repoint: every reachable server with replication configured."""
+        return [
+            h.name
+            for h in self._monitor.all_health()
+            if h.name not in (new, old)
+            and h.alive
+            and h.is_replica
+            and h.state is not BackendState.OFFLINE_HARD
+        ]
+
+    def _semi_sync_wanted(self, old: str) -> bool:
+        """Semi-sync carries over if the old master had it or any replica acknowledges."""
+        healths = self._monitor.all_health()
+        return any(
+            (h.name == old and h.semi_sync_master)
+            or (h.name != old and h.alive and h.semi_sync_slave)
+            for h in healths
+        )
+
+    def _publish_promotion(
+        self,
+        rec: FailoverRecord,
+        new: str,
+        source: PromotionSource,
+        old: str | None,
+        epoch: int | None,
+    ) -> MasterPromoted | None:
+        self._promoting = rec
+        try:
+            return self._topology.promote(new, source=source, old=old, epoch=epoch)
+        finally:
+            self._promoting = None
+
+    async def _sql(
+        self,
+        rec: FailoverRecord | None,
+        backend: str,
+        sql: str,
+        *,
+        shown: str | None = None,
+        timeout: float = STEP_TIMEOUT_S,
+    ) -> None:
+        await self._monitor.execute(backend, sql, timeout)
+        self._step(rec, f"{backend}: {shown or sql}")
+
+    async def _value(
+        self, backend: str, sql: str, *, column: str | None = None, timeout: float = STEP_TIMEOUT_S
+    ) -> str:
+        """The first row's first value (or `column`), "" when there is none."""
+        result = await self._monitor.execute(backend, sql, timeout)
+        if not result.rows:
+            return ""
+        if column is not None:
+            return result.dicts()[0].get(column) or ""
+        value = result.rows[0][0]
+        return "" if value is None else value.decode()
+
+    def _step(self, rec: FailoverRecord | None, text: str, level: int = logging.INFO) -> None:
+        log.log(level, "failover_step failover=%s %s", rec.id if rec else "-", text)
+        if rec is not None:
+            self.timeline.step(rec, text)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("failover_task_failed", exc_info=task.exception())
+
+
+def _io_opinion(h: BackendHealth, old: str, asked: float) -> bool | None:
+    """Per master_confirmed_dead: True = IO thread connected to `old`, False = lost it,
+    None = no opinion (unreachable, state not read since `asked`, or not its replica)."""
+    if not h.alive or h.replication_checked_at is None or h.replication_checked_at < asked:
+        return None
+    if h.master_name != old:
+        return None
+    return h.io_state == "Yes"
+
+
+def _one_line(gtids: str) -> str:
+    return ",".join(part.strip() for part in gtids.split(",") if part.strip())
+
+
+def _quote(text: str) -> str:
+    """A SQL string literal (default sql_mode: backslash escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
