@@ -1,0 +1,285 @@
+"""The admin port: a MySQL-protocol console (``mariadb -P6032 -uadmin -padmin``).
+
+An ``AdminSession`` logs the operator in with the same sans-I/O ``ServerHandshake`` as client
+sessions (mysql_native_password against ``[admin] user/password``, read at each login so a
+reload changes it), then answers one command at a time: COM_QUERY through
+``commands.execute``, plus the few other commands client programs send (PING, QUIT, INIT_DB,
+SET_OPTION, FIELD_LIST, STATISTICS, RESET_CONNECTION). Anything else gets MySQL's 1047.
+
+Commands run one after another per session, in a task, because PROMOTE and SWITCHOVER wait
+for the failover module; the proxy's own sessions never wait on the admin port.
+
+``OperatorListener`` is the listener life cycle shared with the metrics endpoint: bind when the
+section's ``listen`` is set, follow a reload that changes it (new address bound first, old one
+closed after; a failed bind keeps the old one), close on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .. import errors
+from ..config import Config
+from ..protocol import auth
+from ..protocol.constants import (
+    NATIVE_PASSWORD,
+    SUPPORTED_CAPABILITIES,
+    Capability,
+    Command,
+    FieldType,
+    ServerStatus,
+)
+from ..protocol.framing import PacketReader, PacketTooLarge, frame
+from ..protocol.handshake import Account, Authenticated, Failed, Send, ServerHandshake
+from ..protocol.packets import (
+    Column,
+    OkPacket,
+    encode_err,
+    encode_ok,
+    encode_result_set,
+    encode_terminator,
+)
+from ..protocol.wire import ProtocolError
+from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
+from .tables import Table
+
+if TYPE_CHECKING:
+    from ..app import Baton
+
+log = logging.getLogger("baton.admin")
+
+# No multi-statements (one command per COM_QUERY), no LOCAL INFILE, no TLS.
+ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
+ADMIN_MAX_PACKET = 1 << 20
+LOGIN_TIMEOUT_S = 10.0
+_STATUS = int(ServerStatus.AUTOCOMMIT)
+_BINARY_CHARSET = 63
+
+
+class OperatorListener:
+    """A listener on ``[<section>] listen`` that follows config reloads."""
+
+    def __init__(self, app: Baton, section: str, factory: Callable[[], asyncio.Protocol]) -> None:
+        self.app = app
+        self.section = section
+        self.factory = factory
+        self.server: asyncio.base_events.Server | None = None
+        self.listen = ""
+        self.log = logging.getLogger(f"baton.{section}")
+        app.reload_hooks.append(self._on_reload)
+
+    async def start(self) -> None:
+        cfg = getattr(self.app.config, self.section)
+        if cfg.enabled:
+            await self._bind(cfg)
+
+    async def _bind(self, cfg: object) -> None:
+        server = await self.app.loop.create_server(
+            self.factory, cfg.host, cfg.port, reuse_address=True  # type: ignore[attr-defined]
+        )
+        old, self.server = self.server, server
+        if old is not None:
+            old.close()
+        self.listen = cfg.listen  # type: ignore[attr-defined]
+        self.log.info("%s_listening address=%s", self.section, self.listen)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.listen = ""
+
+    async def _on_reload(self, old: Config, new: Config) -> None:
+        cfg = getattr(new, self.section)
+        if cfg.listen == self.listen:
+            return
+        if not cfg.enabled:
+            self.log.info("%s_closed reason=%r", self.section, "disabled by reload")
+            self.close()
+            return
+        try:
+            await self._bind(cfg)
+        except OSError as exc:
+            self.log.error("%s_rebind_failed address=%s error=%r keeping=%s", self.section, cfg.listen, exc, self.listen)
+
+
+class AdminServer(OperatorListener):
+    """The admin listener and its open sessions (closed with it on shutdown)."""
+
+    def __init__(self, app: Baton) -> None:
+        super().__init__(app, "admin", lambda: AdminSession(app, self))
+        self.sessions: set[AdminSession] = set()
+
+    def close(self) -> None:
+        super().close()
+        for session in list(self.sessions):
+            session.close("admin port closed")
+
+
+class AdminSession(asyncio.Protocol):
+    def __init__(self, app: Baton, server: AdminServer) -> None:
+        self.app = app
+        self.server = server
+        self.id = app.next_connection_id()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.reader = PacketReader(ADMIN_MAX_PACKET)
+        self.hs: ServerHandshake | None = None
+        self.user = ""
+        self.capabilities = 0
+        self.logged_in = False
+        self.closed = False
+        self.queue: deque[bytes] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.server.sessions.add(self)
+        self.hs = ServerHandshake(
+            server_version=self.app.server_version,
+            connection_id=self.id,
+            lookup=self._account,
+            client_host=self.peer.rsplit(":", 1)[0],
+            auth_plugin=NATIVE_PASSWORD,
+            capabilities=ADMIN_CAPABILITIES,
+        )
+        transport.write(self.hs.greeting())  # type: ignore[attr-defined]
+        self._login_timer = self.app.loop.call_later(LOGIN_TIMEOUT_S, self._login_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        try:
+            while not self.closed and (pkt := self.reader.next_packet()) is not None:
+                seq, payload = pkt
+                if not self.logged_in:
+                    self._handshake_packet(seq, payload)
+                    continue
+                if seq != 0 or not payload:
+                    self._fatal(errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), "bad command packet")
+                    return
+                self.queue.append(payload)
+                if self._worker is None or self._worker.done():
+                    self._worker = asyncio.ensure_future(self._serve())
+        except PacketTooLarge:
+            self._fatal(errors.PACKET_TOO_LARGE.frame(self.reader.last_seq + 1), "packet too large")
+        except ProtocolError as exc:
+            self._fatal(errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc), f"malformed packet: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close("admin client disconnected")
+
+    # -- login --------------------------------------------------------------------------------
+
+    def _account(self, name: str) -> Account | None:
+        admin = self.app.config.admin
+        if name != admin.user:
+            return None
+        password = admin.password.encode()
+        return Account(name, auth.native_stage2(password), password)
+
+    def _handshake_packet(self, seq: int, payload: bytes) -> None:
+        assert self.hs is not None and self.transport is not None
+        for action in self.hs.receive(seq, payload):
+            if isinstance(action, Send):
+                self.transport.write(action.data)
+            elif isinstance(action, Failed):
+                user = self.hs._response.user if self.hs._response else ""
+                log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
+                self._fatal(self.hs.failure_bytes, "authentication failed")
+            elif isinstance(action, Authenticated):
+                self._authenticated(action)
+
+    def _authenticated(self, a: Authenticated) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        self.user = a.user
+        self.capabilities = a.capabilities
+        self.logged_in = True
+        log.info("admin_login user=%s peer=%s", a.user, self.peer)
+        self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), a.seq))
+
+    def _login_timeout(self) -> None:
+        if not self.logged_in:
+            self.close("admin login timeout")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while self.queue and not self.closed:
+            payload = self.queue.popleft()
+            command = payload[0]
+            if command == Command.QUERY:
+                text = payload[1:].decode("utf-8", "replace")
+                try:
+                    reply = await execute(self.app, text, connection_id=self.id, user=self.user)
+                except Exception as exc:  # a bug in a handler: report it, keep the session
+                    log.exception("admin_command_failed command=%r", text)
+                    reply = Refused(ADMIN_REFUSED.packet(reason=f"internal error: {exc!r}"))
+                self._write(self.encode(reply))
+            elif command == Command.QUIT:
+                self.close("admin client quit")
+            elif command in (Command.PING, Command.INIT_DB, Command.RESET_CONNECTION):
+                self._write(self.encode(Done()))
+            elif command in (Command.SET_OPTION, Command.FIELD_LIST):
+                self._write(frame(encode_terminator(_STATUS, self.capabilities), 1))
+            elif command == Command.STATISTICS:
+                uptime = int(time.time() - self.app.started_at)
+                text = f"Uptime: {uptime}  Threads: {len(self.app.sessions)}  Questions: {sum(self.app.stats.queries.values())}"
+                self._write(frame(text.encode(), 1))
+            else:
+                self._write(errors.UNKNOWN_COMMAND.frame(1, command=command))
+
+    def encode(self, reply: Reply) -> bytes:
+        if isinstance(reply, Table):
+            rows: list[tuple[object, ...]] = [tuple(r) for r in reply.rows]
+            return encode_result_set(result_columns(reply), rows, self.capabilities, _STATUS)
+        if isinstance(reply, Done):
+            ok = OkPacket(affected_rows=reply.affected_rows, status=_STATUS, info=reply.info.encode())
+            return frame(encode_ok(ok, self.capabilities), 1)
+        return frame(encode_err(reply.error), 1)
+
+    # -- teardown -----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _fatal(self, data: bytes, reason: str) -> None:
+        self._write(data)
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        self.server.sessions.discard(self)
+        if self.transport is not None:
+            self.transport.close()
+        log.debug("admin_closed peer=%s reason=%s", self.peer, reason)
+
+
+def result_columns(table: Table) -> list[Column]:
+    """Column definitions typed by the values: integers as BIGINT, floats as DOUBLE, the rest
+    as strings, so drivers hand numbers back as numbers."""
+    columns = []
+    for index, name in enumerate(table.columns):
+        sample = next((row[index] for row in table.rows if row[index] is not None), None)
+        if isinstance(sample, int) and all(isinstance(r[index], int | None) for r in table.rows):
+            columns.append(Column(name, FieldType.LONGLONG, _BINARY_CHARSET, 20))
+        elif isinstance(sample, float) and all(isinstance(r[index], int | float | None) for r in table.rows):
+            columns.append(Column(name, FieldType.DOUBLE, _BINARY_CHARSET, 22, decimals=31))
+        else:
+            columns.append(Column(name))
+    return columns

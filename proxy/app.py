@@ -1,0 +1,500 @@
+"""Baton, the running proxy: wires config, pools, topology, router and listeners together."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import logs
+from .backend import BackendConnection, BackendError, Credentials, connect
+from .config import Config, ConfigError, diff_configs, load_config
+from .frontend import ClientSession
+from .health.election import GtidError, parse_gtid_list
+from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
+from .health.states import BackendState
+from .health.topology import Topology
+from .pool import BackendPool
+from .protocol import auth
+from .protocol.constants import SUPPORTED_CAPABILITIES, Capability, Command
+from .protocol.handshake import Account
+from .routing.router import Router
+from .routing.session_state import SessionStateKeeper
+from .stats import Stats
+from .tls import client_context, server_context
+
+log = logging.getLogger("baton")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    at: float
+    summary: str
+    errors: tuple[str, ...]
+
+DEFAULT_SERVER_VERSION = "5.5.5-10.11.0-MariaDB-Baton"
+
+# Capabilities Baton always asks of backends, whatever the client negotiated: session tracking
+# lets Baton follow schema/variable changes and GTIDs; multi-results is needed by stored procs.
+BACKEND_CAPABILITIES_BASE = int(
+    Capability.LONG_PASSWORD | Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION
+    | Capability.PLUGIN_AUTH | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.TRANSACTIONS
+    | Capability.CONNECT_ATTRS
+)
+
+
+class Baton:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        self.stats = Stats()
+        self.sessions: dict[int, ClientSession] = {}
+        self._ids = itertools.count(1)
+        self.accepting = True
+        self.bus = EventBus()
+        self.topology = Topology([(b.name, b.role) for b in config.backends], self.bus, time.monotonic)
+        self._topology_waiters: list[asyncio.Future[None]] = []
+        self.bus.subscribe(self._on_event)
+        self.router = Router(self)
+        self.session_state = SessionStateKeeper()
+        self.pools: dict[str, BackendPool] = {}
+        self.accounts: dict[str, Account] = {}
+        self.sha2_cache: dict[str, tuple[bytes, bytes]] = {}
+        self.backend_capabilities_base = BACKEND_CAPABILITIES_BASE
+        self.server_version = config.proxy.server_version or DEFAULT_SERVER_VERSION
+        self.monitor = None
+        self.failover = None
+        self.cluster = None
+        self._awaiting_first_write: int | None = None
+        self._read_weights: dict[str, int] = {}
+        self.pool_waiters = [0]  # sessions waiting for a connection, all pools together
+        # How long a session waits for a pooled connection when all are busy.
+        self.pool_wait_timeout = max(10.0, config.proxy.connect_timeout_ms / 1000)
+        # A free-to-move session gives its idle connections back after this long.
+        self.idle_release_s = 1.0
+        self.pause_timeout_s = 60.0  # PAUSE holds statements at most this long
+        self.last_reload: ReloadResult | None = None
+        self.reload_hooks: list[Callable[[Config, Config], Awaitable[None]]] = []
+        self._resumed: asyncio.Future[None] | None = None
+        self.tls_context = None
+        self.rsa_key = auth.generate_rsa_key() if config.proxy.auth_plugin == "caching_sha2_password" else None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._stopped = asyncio.Event()
+        self._background: set[asyncio.Task[object]] = set()
+        self.apply_config(config)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        self.config = config
+        self.router.configure(config)
+        self.accounts = {
+            u.name: Account(u.name, u.native_hash, u.password.encode() if u.password is not None else None)
+            for u in config.users
+        }
+        self.tls_context = server_context(config.proxy.tls_cert, config.proxy.tls_key) if config.proxy.tls_enabled else None
+        self._read_weights = {b.name: b.weight for b in config.backends}
+        wanted = {b.name: b for b in config.backends}
+        for name in list(self.pools):
+            if name not in wanted:
+                self.pools.pop(name).close()
+        for b in config.backends:
+            pool = self.pools.get(b.name)
+            if pool is None or (pool.host, pool.port) != (b.host, b.port) or bool(pool.tls) != b.tls:
+                if pool is not None:
+                    pool.close()
+                self.pools[b.name] = BackendPool(
+                    b.name, b.host, b.port, config.proxy.max_backend_connections,
+                    config.proxy.connect_timeout_ms / 1000, config.proxy.idle_backend_timeout_s,
+                    client_context() if b.tls else None, waiters_total=self.pool_waiters,
+                    on_wait=self._release_idle_connection,
+                )
+            else:
+                pool.max_connections = config.proxy.max_backend_connections
+                pool.connect_timeout = config.proxy.connect_timeout_ms / 1000
+                pool.idle_timeout = config.proxy.idle_backend_timeout_s
+
+    @property
+    def read_weights(self) -> dict[str, int]:
+        return self._read_weights
+
+    def consistency_for(self, session: ClientSession) -> str:
+        return session.consistency or self.config.routing.consistency
+
+    def replica_has(self, name: str, gtid: str) -> bool:
+        """Does the monitor already know this replica applied ``gtid``? (saves a wait)"""
+        monitor = self.monitor
+        if monitor is None:
+            return False
+        try:
+            applied = parse_gtid_list(monitor.health(name).gtid_slave_pos or "")
+            wanted = parse_gtid_list(gtid)
+        except (GtidError, KeyError):
+            return False
+        return all(d in applied and applied[d].seq >= g.seq for d, g in wanted.items())
+
+    def promotion_possible(self) -> bool:
+        """Could a writable master appear soon? Holding statements only makes sense if so:
+        a server other than the master is up (and, in auto mode, promotable)."""
+        topology = self.topology
+        auto = self.config.failover.mode == "auto"
+        for name in topology.backends():
+            if name == topology.master or topology.is_fenced(name) or not topology.state(name).is_up:
+                continue
+            backend = self.config.backend(name)
+            if not auto or (backend is not None and backend.promotable):
+                return True
+        return False
+
+    def note_write_ok(self) -> None:
+        """A write succeeded on the master: closes the "first write after failover" timer."""
+        if self._awaiting_first_write is not None:
+            epoch, self._awaiting_first_write = self._awaiting_first_write, None
+            if self.failover is not None:
+                self.failover.timeline.note_first_write(epoch)
+
+    def timeline_note(self, kind: str) -> None:
+        if self.failover is not None:
+            self.failover.timeline.note_client(kind)
+
+    def lookup_account(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
+
+    # -- topology -----------------------------------------------------------------------------
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, SplitBrainSuspected):
+            self.router.split_brain_alarm = True
+        if isinstance(event, MasterPromoted):
+            log.warning("master_promoted old=%s new=%s epoch=%s source=%s", event.old, event.new, event.epoch, event.source)
+            self._awaiting_first_write = event.epoch
+            if event.old is not None and event.old in self.pools:
+                self.pools[event.old].retire()  # asyncpg-style: old-generation connections close
+            for session in list(self.sessions.values()):
+                session.on_master_change(event.old)
+        waiters, self._topology_waiters = self._topology_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def topology_changed(self) -> asyncio.Future[None]:
+        """A future resolved at the next topology event (for statements held in a failover)."""
+        fut = self.loop.create_future()
+        self._topology_waiters.append(fut)
+        return fut
+
+    # -- connections --------------------------------------------------------------------------
+
+    def recycle(self, conn: BackendConnection, busy: bool = False) -> None:
+        """A session is done with a connection: reset it and give it back to its pool."""
+        pool = self.pools.get(conn.backend)
+        if pool is None:
+            conn.abort("backend removed")
+            return
+        if busy or not conn.alive:
+            conn.abort("released while busy")
+            pool.forget(conn)
+            return
+        if conn.multi_option is not None:  # an option COM_RESET_CONNECTION would not undo
+            pool.release(conn, reusable=False)
+            return
+        self.spawn(self._reset_and_release(pool, conn))
+
+    def _release_idle_connection(self, backend: str) -> None:
+        """A session waits for a connection to ``backend``: take one from an idle session
+        that is free to move (the janitor would, but only after idle_release_s)."""
+        for session in self.sessions.values():
+            if session.give_back_idle(backend):
+                return
+
+    async def _reset_and_release(self, pool: BackendPool, conn: BackendConnection) -> None:
+        try:
+            tracker = await conn.command(Command.RESET_CONNECTION, timeout=2)
+            ok = tracker.error is None
+        except BackendError:
+            ok = False
+        conn.schema_stale = conn.schema is not None
+        pool.release(conn, reusable=ok)
+
+    def spawn(self, coro: object) -> asyncio.Task[object]:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _learn_server_version(self) -> None:
+        if self.config.proxy.server_version:
+            return
+        master = self.config.master_hint or self.config.backends[0]
+        mon = self.config.monitor
+        try:
+            conn = await connect(
+                master.name, master.host, master.port,
+                Credentials(mon.user, mon.password.encode(), None),
+                timeout=self.config.proxy.connect_timeout_ms / 1000,
+                capabilities=int(SUPPORTED_CAPABILITIES),
+            )
+        except BackendError as exc:
+            log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)
+            return
+        self.server_version = conn.server_version
+        conn.close()
+        log.info("server_version_learned backend=%s version=%s", master.name, self.server_version)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._learn_server_version()
+        await self._start_health()
+        cfg = self.config.proxy
+        server = await self.loop.create_server(
+            lambda: ClientSession(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        self.spawn(self._janitor())
+        log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
+        # >>> operator surfaces: admin port and Prometheus metrics (proxy/admin/server.py,
+        # proxy/metrics.py). Each listens while its [admin]/[metrics] listen is set, follows
+        # reloads of that address, and is closed in shutdown().
+        from .admin.server import AdminServer
+        from .metrics import MetricsServer
+
+        self.admin_server = AdminServer(self)
+        self.metrics_server = MetricsServer(self)
+        if self.config.admin.enabled:
+            await self.admin_server.start()
+        if self.config.metrics.enabled:
+            await self.metrics_server.start()
+        # <<< operator surfaces
+
+    async def _start_health(self) -> None:
+        """The monitor probes every backend; the coordinator acts on what it finds."""
+        from .health.failover import FailoverCoordinator
+        from .health.monitor import Monitor
+
+        cfg = self.config
+        self.monitor = Monitor(
+            cfg.backends, cfg.monitor, self.topology, connect_timeout_s=cfg.proxy.connect_timeout_ms / 1000
+        )
+        self.failover = FailoverCoordinator(cfg.failover, cfg.backends, self.topology, self.monitor, self.bus)
+        await self.monitor.start()
+        await self.failover.start()
+        if cfg.redis.enabled:
+            from .health.cluster import ClusterLink
+
+            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover)
+            self.bus.subscribe(self.cluster.on_event)
+            self.failover.failover_gate = self.cluster.take_failover_lock
+            await self.cluster.start()
+
+    async def switchover(self, to: str) -> object:
+        """Planned switchover with no client errors: hold new writes, let open transactions
+        on the master finish (bounded), switch, then release the held writes to the new master."""
+        assert self.failover is not None
+        router = self.router
+        router.hold_writes = True
+        try:
+            deadline = time.monotonic() + self.config.failover.buffer_window_ms / 2000
+            master = self.topology.master
+            while time.monotonic() < deadline and any(
+                s.trx_backend == master or (s.inflight is not None and s.inflight.conn is not None
+                                            and s.inflight.conn.backend == master and not s.inflight.read)
+                for s in self.sessions.values()
+            ):
+                await asyncio.sleep(0.01)
+            return await self.failover.switchover(to)
+        finally:
+            router.hold_writes = False
+            self._on_event(None)  # wake statements held for the switch
+
+    async def promote(self, name: str, source: str = "admin") -> object:
+        """Being told of a promotion (admin PROMOTE, notify-promotion hook, Redis)."""
+        assert self.failover is not None
+        return await self.failover.promote(name, source=source)
+
+    async def _janitor(self) -> None:
+        """Gives back connections of idle sessions; closes pooled connections idle too long."""
+        tick = 0
+        while True:
+            await asyncio.sleep(self.idle_release_s / 2)
+            idle_before = time.monotonic() - self.idle_release_s
+            for session in list(self.sessions.values()):
+                session.release_if_idle(idle_before)
+            tick += 1
+            if tick % 10 == 0:
+                for pool in self.pools.values():
+                    pool.close_idle_older_than(pool.idle_timeout)
+
+    async def shutdown(self, graceful: bool = True) -> None:
+        """Stops accepting; lets running statements finish up to the grace period; closes."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        for server in self._servers:
+            server.close()
+        if graceful:
+            deadline = time.monotonic() + self.config.proxy.shutdown_grace_s
+            while time.monotonic() < deadline and any(s.inflight is not None for s in self.sessions.values()):
+                await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.kill("shutdown")
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.failover is not None:
+            await self.failover.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        await asyncio.sleep(0.05)
+        for pool in self.pools.values():
+            pool.close(drain=False)
+        # >>> operator surfaces (see start())
+        for surface in (getattr(self, "admin_server", None), getattr(self, "metrics_server", None)):
+            if surface is not None:
+                surface.close()
+        # <<< operator surfaces
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- operator actions (admin port, signals, CLI) ------------------------------------------
+
+    def reload(self) -> ReloadResult:
+        """Re-reads the config file; applies it only if it is valid, all at once.
+
+        A bad file changes nothing: the running config stays, and the result (also shown by
+        SHOW CONFIG) says which file, key and reason.
+        """
+        if not self.config_path:
+            result = ReloadResult(False, time.time(), "no config file to reload", ())
+        else:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                result = ReloadResult(False, time.time(), "config rejected; still running the previous one", tuple(exc.errors))
+                for line in exc.errors:
+                    log.error("reload_rejected error=%r", line)
+            else:
+                diff = diff_configs(self.config, new)
+                self.spawn(self._apply_reload(new))
+                result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
+                log.info("reload_applied changes=%r", result.summary)
+        self.stats.reloads[result.ok] += 1
+        self.last_reload = result
+        return result
+
+    async def _apply_reload(self, new: Config) -> None:
+        old = self.config
+        old_names = {b.name for b in old.backends}
+        new_names = {b.name for b in new.backends}
+        for name in old_names - new_names:
+            self.topology.remove_backend(name)
+        for b in new.backends:
+            if b.name not in old_names:
+                self.topology.add_backend(b.name, b.role)
+        self.apply_config(new)
+        if self.monitor is not None:
+            self.monitor.update(new.backends, new.monitor)
+        if self.failover is not None:
+            self.failover.update(new.failover, new.backends)
+        if (old.proxy.host, old.proxy.port) != (new.proxy.host, new.proxy.port):
+            await self._rebind(new)
+        for hook in self.reload_hooks:
+            await hook(old, new)
+
+    async def _rebind(self, new: Config) -> None:
+        """Listens on the new address first, then stops the old listener; clients stay."""
+        server = await self.loop.create_server(
+            lambda: ClientSession(self), new.proxy.host, new.proxy.port, reuse_address=True, backlog=1024
+        )
+        old, self._servers = self._servers, [server]
+        for s in old:
+            s.close()
+        log.info("listening address=%s (rebound)", new.proxy.listen)
+
+    def set_backend_state(self, name: str, state: BackendState) -> None:
+        """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""
+        if self.config.backend(name) is None:
+            raise KeyError(name)
+        assert self.monitor is not None, "the monitor runs from start()"
+        self.monitor.set_admin_state(name, state)
+        if state == BackendState.OFFLINE_HARD:
+            pool = self.pools.get(name)
+            if pool is not None:
+                pool.retire()
+            for session in list(self.sessions.values()):
+                conn = session.conns.get(name)
+                if conn is not None:
+                    conn.abort("backend set OFFLINE_HARD by admin")
+
+    def kill_client(self, client_id: int) -> bool:
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        session.kill("killed by admin")
+        return True
+
+    def pause(self) -> None:
+        """Holds new statements (running ones finish), like pgbouncer's PAUSE."""
+        if self._resumed is None:
+            self._resumed = self.loop.create_future()
+            log.warning("paused")
+
+    def resume(self) -> None:
+        if self._resumed is not None:
+            fut, self._resumed = self._resumed, None
+            fut.set_result(None)
+            log.warning("resumed")
+
+    @property
+    def paused(self) -> bool:
+        return self._resumed is not None
+
+    async def wait_resumed(self, timeout: float) -> bool:
+        fut = self._resumed
+        if fut is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def serve(config_path: str) -> None:
+    config = load_config(config_path)
+    logs.setup(config.log.level, config.log.format)
+    app = Baton(config, config_path)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: app.spawn(app.shutdown(graceful=True)))
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    pid_file = config.proxy.pid_file
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        await app.start()
+        await app.wait_stopped()
+    finally:
+        if pid_file:
+            Path(pid_file).unlink(missing_ok=True)
+    log.info("stopped")
+
+
+def run(config_path: str) -> None:
+    """Runs Baton in the foreground on uvloop until SIGTERM/SIGINT."""
+    import uvloop
+
+    uvloop.run(serve(config_path))
