@@ -95,6 +95,7 @@ class ProxyConfig:
     auth_plugin: str = "mysql_native_password"
     tls_cert: str = ""
     tls_key: str = ""
+    compression: bool = True
     server_version: str = ""
     max_backend_connections: int = 100
     max_client_connections: int = 10000
@@ -524,6 +525,7 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         auth_plugin=t.text("auth_plugin", choices=AUTH_PLUGINS),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        compression=t.flag("compression"),
         server_version=t.text("server_version", check=_check_server_version),
         max_backend_connections=t.integer("max_backend_connections", minimum=1),
         max_client_connections=t.integer("max_client_connections", minimum=1),

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backend import BackendConnection, BackendError, Credentials
+from .compressed import CompressedTransport
 from .errors import BatonFailure
 from .net import tcp_nodelay
 from .pool import PoolExhausted, PoolKey
+from .protocol.compression import CompressedStream
 from .protocol.constants import (
     RESPONSE_SHAPING_CAPABILITIES,
+    SUPPORTED_CAPABILITIES,
     Capability,
     Command,
     ServerStatus,
@@ -115,7 +118,7 @@ class ClientSession(asyncio.Protocol):
     def __init__(self, app: Baton) -> None:
         self.app = app
         self.id = app.next_connection_id()
-        self.transport: asyncio.Transport | TLSTransport | None = None
+        self.transport: asyncio.Transport | TLSTransport | CompressedTransport | None = None
         self._raw_transport: asyncio.Transport | None = None
         self._tls: TLSTransport | None = None
         self.peer = ""
@@ -150,6 +153,7 @@ class ClientSession(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.queries = 0
         self._writing_paused = False
+        self._zstream: CompressedStream | None = None  # the client asked for compression
         self._task: asyncio.Task[None] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
 
@@ -179,6 +183,7 @@ class ClientSession(asyncio.Protocol):
             tls_available=app.tls_context is not None,
             rsa_key=app.rsa_key,
             sha2_cache=app.sha2_cache,
+            capabilities=self._offered_capabilities(),
         )
         transport.write(self.hs.greeting())  # type: ignore[attr-defined]
         self._handshake_timer = asyncio.get_running_loop().call_later(10.0, self._handshake_timeout)
@@ -189,6 +194,14 @@ class ClientSession(asyncio.Protocol):
                 data = self._tls.feed(data)
             except Exception as exc:  # ssl.SSLError and friends: this client only
                 self._close(f"TLS error: {exc}")
+                return
+            if not data:
+                return
+        if self._zstream is not None:
+            try:
+                data = self._zstream.unwrap(data)
+            except ProtocolError as exc:
+                self._fatal(errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc), f"malformed compressed packet: {exc}")
                 return
             if not data:
                 return
@@ -271,6 +284,10 @@ class ClientSession(asyncio.Protocol):
         self.state.schema = a.database
         self.credentials = Credentials(a.user, a.password, a.stage1)
         self.phase = Phase.COMMAND
+        if a.capabilities & Capability.COMPRESS and self._zstream is None:
+            # Everything the client sends after its login is compressed; what Baton sends is
+            # from the OK on (an error before it, e.g. an unknown schema, is not).
+            self._zstream = CompressedStream()
         self.inflight = Inflight(-1, b"")  # hold commands until the login is done
         self._spawn(self._finish_login(a.seq))
 
@@ -285,9 +302,15 @@ class ClientSession(asyncio.Protocol):
                     self._fatal(self._backend_error_frame(exc, seq), f"login: {exc}")
                     return
         self.transport.write(frame(encode_ok(OkPacket(status=self.status & _REPLY_STATUS), self.capabilities), seq))  # type: ignore[union-attr]
-        log.debug("client_logged_in client=%s user=%s peer=%s tls=%s", self.id, self.user, self.peer, self._tls is not None)
+        if self._zstream is not None and not isinstance(self.transport, CompressedTransport):
+            self.transport = CompressedTransport(self.transport, self._zstream)
+        log.debug("client_logged_in client=%s user=%s peer=%s tls=%s compressed=%s", self.id, self.user, self.peer, self._tls is not None, self._zstream is not None)
         self.inflight = None
         self._after_response()
+
+    def _offered_capabilities(self) -> int:
+        compress = Capability.COMPRESS if self.app.config.proxy.compression else 0
+        return int(SUPPORTED_CAPABILITIES | compress)
 
     def _handshake_timeout(self) -> None:
         if self.phase == Phase.HANDSHAKE:
@@ -1049,6 +1072,7 @@ class ClientSession(asyncio.Protocol):
             rsa_key=self.app.rsa_key,
             sha2_cache=self.app.sha2_cache,
             nonce=self.hs.nonce if self.hs is not None else b"",
+            capabilities=self._offered_capabilities(),
         )
         hs._tls = self._tls is not None
         hs.greeting()  # moves it to the state that expects a login response

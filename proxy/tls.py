@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable
+from typing import Any
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext:
@@ -84,6 +85,6 @@ class TLSTransport:
             return self._obj
         return self._transport.get_extra_info(name, default)
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         # close, abort, is_closing, pause_reading, resume_reading, get_write_buffer_size, ...
         return getattr(self._transport, name)

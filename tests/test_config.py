@@ -237,6 +237,12 @@ BAD = [
         id="string-as-bool",
     ),
     pytest.param(
+        config_text('[proxy]\ncompression = "on"'),
+        "proxy.compression",
+        "expected true or false, got 'on' (string)",
+        id="string-as-bool-compression",
+    ),
+    pytest.param(
         config_text("[admin]\nuser = 5"),
         "admin.user",
         "expected a string, got 5",

@@ -40,7 +40,8 @@ class Capability(IntFlag):
     REMEMBER_OPTIONS = 1 << 31
 
 
-# What Baton offers clients, and asks of backends. Left out on purpose: COMPRESS (not built yet),
+# What Baton offers clients, and asks of backends. Left out on purpose: COMPRESS (offered to
+# clients only, when [proxy] compression is on: backends are spoken to uncompressed),
 # OPTIONAL_RESULTSET_METADATA / QUERY_ATTRIBUTES (MySQL 8 only; MariaDB rejects them), ZSTD, and
 # the MariaDB extended capabilities (metadata caching would change the result-set format).
 SUPPORTED_CAPABILITIES = (
