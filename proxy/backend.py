@@ -12,7 +12,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -398,3 +398,29 @@ async def connect(
     conn.user = credentials.user
     conn.schema = database
     return conn
+
+
+async def await_login(
+    backend: str,
+    login: asyncio.Future[BackendConnection],
+    abandoned: Callable[[asyncio.Future[BackendConnection]], None],
+    wait_s: float | None = None,
+) -> BackendConnection:
+    """Wait for a login (a task running ``connect``) without ever cutting it short.
+
+    Dropping a socket mid-handshake counts as an aborted connect on the server, and, repeated,
+    trips max_connect_errors into blocking Baton's host. So when the waiter gives up (it is
+    cancelled, or ``wait_s`` passes) the login goes on, bounded by its own timeout, and
+    ``abandoned(login)`` is called once it is done: the caller's place to pool the connection
+    or quit it with COM_QUIT.
+    """
+    try:
+        done, _ = await asyncio.wait({login}, timeout=wait_s)
+    except asyncio.CancelledError:
+        login.add_done_callback(abandoned)
+        raise
+    if not done:
+        login.add_done_callback(abandoned)
+        raise BackendError(backend, f"connect/login timed out after {int((wait_s or 0) * 1000)} ms")
+    return login.result()
+

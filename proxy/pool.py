@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .backend import BackendConnection, BackendError, Credentials, connect
+from .backend import BackendConnection, BackendError, Credentials, await_login, connect
 
 log = logging.getLogger("baton.pool")
 
@@ -160,22 +160,45 @@ class BackendPool:
 
     async def _open(self, key: PoolKey, credentials: Credentials, timeout: float, database: str | None) -> BackendConnection:
         self._connecting += 1
-        try:
-            conn = await connect(
+        login = asyncio.ensure_future(
+            connect(
                 self.name, self.host, self.port, credentials, timeout=timeout,
                 capabilities=key.capabilities, database=database, charset=key.charset, tls=self.tls,
             )
+        )
+        try:
+            # A session that goes away mid-login (client hung up, shutdown) leaves the login
+            # to finish; the connection then waits in the pool for the next session.
+            conn = await await_login(self.name, login, lambda task: self._adopt(task, key))
+        except asyncio.CancelledError:
+            raise  # _adopt counts the login out when it is done
         except BackendError:
+            self._connecting -= 1
             self.stats.connect_errors += 1
             self._wake()
             raise
-        finally:
+        except BaseException:
             self._connecting -= 1
+            raise
+        self._connecting -= 1
+        return self._opened(conn, key)
+
+    def _opened(self, conn: BackendConnection, key: PoolKey) -> BackendConnection:
         self.stats.connects += 1
         conn.generation = self.generation
         conn.pool_key = key
         self._in_use.add(conn)
         return conn
+
+    def _adopt(self, login: asyncio.Future[BackendConnection], key: PoolKey) -> None:
+        """A login nobody waits for any more: pooled as idle if it succeeded."""
+        self._connecting -= 1
+        if login.cancelled() or login.exception() is not None:
+            if not login.cancelled():
+                self.stats.connect_errors += 1
+            self._wake()
+            return
+        self.release(self._opened(login.result(), key))  # idle, or closed if the pool moved on
 
     def release(self, conn: BackendConnection, reusable: bool = True) -> None:
         """Gives a connection back. Reusable only if its state is clean for the next user."""

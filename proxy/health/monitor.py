@@ -41,6 +41,7 @@ from proxy.backend import (
     Credentials,
     QueryError,
     QueryResult,
+    await_login,
     connect,
 )
 from proxy.config import BackendConfig, MonitorConfig
@@ -558,15 +559,13 @@ class Monitor:
     # -- helpers ------------------------------------------------------------------------------
 
     async def _connect(self, w: _Watch, wait_s: float) -> BackendConnection:
-        """Log in to the backend, waiting ``wait_s``; a caller that stops waiting does not
-        cut the login short.
+        """Log in to the backend, waiting ``wait_s``.
 
-        Dropping a socket mid-handshake counts as an aborted connect on the server (and,
-        repeated, trips max_connect_errors into blocking Baton's host), so a login the caller
-        gives up on (its wait ran out, monitor stop, backend removed on reload) goes on in
-        the background for up to HANDSHAKE_PATIENCE_S and quits with COM_QUIT.
-        `_stop_watch` waits for those, bounded. A server still busy with earlier logins gets
-        no new one: another socket would not make it answer sooner.
+        A login the caller gives up on (its wait ran out, monitor stop, backend removed on
+        reload) is not cut short (see `await_login`): it goes on for up to
+        HANDSHAKE_PATIENCE_S and quits with COM_QUIT; `_stop_watch` waits for those, bounded.
+        A server still busy with earlier logins gets no new one: another socket would not
+        make it answer sooner.
         """
         b = w.cfg
         if len(w.orphans) >= MAX_UNFINISHED_LOGINS:
@@ -583,14 +582,12 @@ class Monitor:
             )
         )
         try:
-            done, _ = await asyncio.wait({login}, timeout=wait_s)
-        except asyncio.CancelledError:
-            _let_finish(w, login)
+            return await await_login(b.name, login, _quit_if_logged_in, wait_s)
+        except (asyncio.CancelledError, BackendError):
+            if not login.done():  # abandoned: stop() waits for it, new logins count it
+                w.orphans.add(login)
+                login.add_done_callback(w.orphans.discard)
             raise
-        if not done:
-            _let_finish(w, login)
-            raise BackendError(b.name, f"connect/login timed out after {int(wait_s * 1000)} ms")
-        return login.result()
 
     def _get(self, name: str) -> _Watch:
         try:
@@ -725,17 +722,7 @@ def _estimate_lag(s: _Sample, master_positions: Iterable[tuple[float, str]] | No
     return estimate if sbm is None else max(estimate, float(sbm))
 
 
-def _let_finish(w: _Watch, login: asyncio.Task[BackendConnection]) -> None:
-    """Leave a login nobody waits for to finish; then quit it cleanly."""
-    if login.done():
-        _quit_orphan(w, login)
-    else:
-        w.orphans.add(login)
-        login.add_done_callback(lambda t: _quit_orphan(w, t))
-
-
-def _quit_orphan(w: _Watch, login: asyncio.Task[BackendConnection]) -> None:
-    w.orphans.discard(login)
+def _quit_if_logged_in(login: asyncio.Future[BackendConnection]) -> None:
     if not login.cancelled() and login.exception() is None:
         login.result().close()  # COM_QUIT
 
