@@ -197,3 +197,4 @@ CHARSET_BINARY = 63
 NATIVE_PASSWORD = "mysql_native_password"
 CACHING_SHA2_PASSWORD = "caching_sha2_password"
 CLEAR_PASSWORD = "mysql_clear_password"
+ED25519 = "client_ed25519"  # MariaDB's ed25519 plugin, as a client names it

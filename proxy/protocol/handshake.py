@@ -17,10 +17,11 @@ from enum import Enum, auto
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import auth
+from . import auth, ed25519
 from .constants import (
     CACHING_SHA2_PASSWORD,
     CHARSET_UTF8MB4_GENERAL_CI,
+    ED25519,
     NATIVE_PASSWORD,
     SUPPORTED_CAPABILITIES,
     Capability,
@@ -334,12 +335,14 @@ class ClientHandshake:
                 return [Ready(self._handshake, self._caps, status)]
             if first == 0xFE:
                 switch = parse_auth_switch(payload)
-                if switch.plugin not in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD):
+                if switch.plugin not in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD, ED25519):
                     raise ProtocolError(f"backend asks for auth plugin {switch.plugin!r}, "
                                         "which Baton does not support")
-                if switch.plugin == CACHING_SHA2_PASSWORD and self.password is None:
-                    raise ProtocolError("backend wants caching_sha2_password, which needs the "
+                if switch.plugin != NATIVE_PASSWORD and self.password is None:
+                    raise ProtocolError(f"backend wants {switch.plugin}, which needs the "
                                         "plain password; Baton knows only its hash")
+                if switch.plugin == ED25519 and len(switch.data) != 32:
+                    raise ProtocolError(f"backend sent a {len(switch.data)}-byte ed25519 nonce, not 32")
                 self._nonce = switch.data or self._nonce
                 data, _ = self._answer(switch.plugin)
                 return [Send(frame(data, seq + 1))]
@@ -397,6 +400,8 @@ class ClientHandshake:
         """The auth response for a plugin; falls back to native when only stage1 is known."""
         if plugin == CACHING_SHA2_PASSWORD and self.password is not None:
             return auth.scramble_caching_sha2(self.password, self._nonce), plugin
+        if plugin == ED25519 and self.password is not None and len(self._nonce) == 32:
+            return ed25519.sign(self.password, self._nonce), plugin
         if self.password is not None:
             return auth.scramble_native(self.password, self._nonce), NATIVE_PASSWORD
         if self.stage1 is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .constants import (
     AUTH_SWITCH_HEADER,
     CHARSET_UTF8MB4_GENERAL_CI,
+    ED25519,
     EOF_HEADER,
     ERR_HEADER,
     MAX_PAYLOAD,
@@ -210,8 +211,8 @@ def parse_auth_switch(payload: bytes) -> AuthSwitchRequest:
         return AuthSwitchRequest("mysql_old_password", b"")
     plugin = r.null_terminated().decode("ascii", "replace")
     data = r.rest()
-    if data.endswith(b"\0"):
-        data = data[:-1]
+    if data.endswith(b"\0") and plugin != ED25519:
+        data = data[:-1]  # scrambles are NUL-terminated; an ed25519 nonce is 32 raw bytes
     return AuthSwitchRequest(plugin, data)
 
 
