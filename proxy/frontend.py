@@ -70,6 +70,10 @@ _QUERY = int(Command.QUERY)
 _MULTI_STATEMENTS = int(Capability.MULTI_STATEMENTS)
 _EXECUTE = int(Command.STMT_EXECUTE)
 _ER_NEED_REPREPARE = 1615
+# Pipelined commands queued before Baton stops reading the client's socket.
+_MAX_QUEUED = 64
+# Bytes inflated from a compressed client per pass; the rest waits until they are served.
+_INFLATE_BUDGET = 4 << 20
 _READ_ONLY_ERRORS = frozenset({1290, 1792})  # --read-only server / READ ONLY transaction
 # Statements that change the schema (a replica that has not applied them fails reads).
 _DDL_RE = re.compile(rb"\s*(?:/\*.*?\*/\s*|(?:--|#)[^\n]*\n\s*)*(?:CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.I | re.S)
@@ -198,13 +202,39 @@ class ClientSession(asyncio.Protocol):
             if not data:
                 return
         if self._zstream is not None:
-            try:
-                data = self._zstream.unwrap(data)
-            except ProtocolError as exc:
-                self._fatal(errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc), f"malformed compressed packet: {exc}")
-                return
-            if not data:
-                return
+            self._inflate(data)
+            return
+        self._stream_received(data)
+
+    def _inflate(self, data: bytes = b"") -> None:
+        """Compressed bytes in: inflate a budget's worth and serve it; more when it is served.
+
+        While whole compressed packets wait (the budget ran out), the socket is not read:
+        the client's own commands pace how much of its zlib Baton expands.
+        """
+        zstream = self._zstream
+        if zstream is None or self.phase == Phase.CLOSED:
+            return
+        try:
+            stream = zstream.unwrap(data, _INFLATE_BUDGET)
+        except ProtocolError as exc:
+            self._fatal(errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc), f"malformed compressed packet: {exc}")
+            return
+        if stream:
+            self._stream_received(stream)
+        raw = self._raw_transport
+        if self.phase == Phase.CLOSED or raw is None:
+            return
+        if zstream.backlog:
+            raw.pause_reading()
+            if self.phase == Phase.INFILE or (self.inflight is None and not self.queue):
+                # Nothing queued will call back (a file upload, or a packet still partial).
+                asyncio.get_running_loop().call_soon(self._inflate)
+        elif len(self.queue) <= _MAX_QUEUED:
+            raw.resume_reading()  # the backlog is gone; a partial packet needs the rest
+
+    def _stream_received(self, data: bytes) -> None:
+        """The plain packet stream (after TLS and compression, where the client uses them)."""
         self.last_active = time.monotonic()
         if self.phase == Phase.COMMAND and self.inflight is None and not self.queue:
             pkt = self.reader.take_whole(data)
@@ -244,7 +274,7 @@ class ClientSession(asyncio.Protocol):
                 self.queue.append(pkt)
                 if self.inflight is None:
                     self._next()
-                elif len(self.queue) > 64:
+                elif len(self.queue) > _MAX_QUEUED:
                     self._raw_transport.pause_reading()  # type: ignore[union-attr]
             elif phase == Phase.INFILE:
                 self._infile_packet(seq, payload)
@@ -334,7 +364,10 @@ class ClientSession(asyncio.Protocol):
             except ProtocolError as exc:
                 self._finish_with(errors.MALFORMED_PACKET.frame(1, reason=exc))
         if not self.queue and self._raw_transport is not None and self.phase == Phase.COMMAND:
-            self._raw_transport.resume_reading()
+            if self._zstream is not None and self._zstream.backlog:
+                asyncio.get_running_loop().call_soon(self._inflate)
+            else:
+                self._raw_transport.resume_reading()
 
     def _command(self, command: int, payload: bytes) -> None:
         if command == Command.PROCESS_KILL:

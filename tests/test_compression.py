@@ -153,6 +153,32 @@ def test_the_answer_takes_the_sequence_id_after_the_commands() -> None:
     assert server.wrap([frame(b"\x00" * 7, 1)])[3] == 2
 
 
+def test_unwrap_with_a_budget_leaves_whole_packets_for_later() -> None:
+    stream = b"".join(frame(bytes([i]) * 1_000_000, 0) for i in range(10))
+    sender = CompressedStream()
+    wire = b"".join(sender.wrap([stream[i : i + 1_000_004]]) for i in range(0, len(stream), 1_000_004))
+    assert len(wire) < 100_000  # ten zlib "bombs" of 1 MB each
+    receiver = CompressedStream()
+    first = receiver.unwrap(wire, budget=2_500_000)
+    assert len(first) == 3 * 1_000_004  # stops after the packet that crosses the budget
+    assert receiver.backlog
+    rest = []
+    while receiver.backlog:
+        rest.append(receiver.unwrap(b"", budget=2_500_000))
+    assert first + b"".join(rest) == stream
+    assert receiver.buffered == 0 and receiver.next_seq == 10
+
+
+def test_backlog_is_only_a_whole_packet() -> None:
+    receiver = CompressedStream()
+    packet = compressed_packet(frame(b"x" * 100, 0), 0)
+    receiver.unwrap(packet[:-1], budget=0)
+    assert not receiver.backlog and receiver.buffered == len(packet) - 1
+    assert receiver.unwrap(packet[-1:], budget=0) == b""  # budget 0: nothing inflated yet
+    assert receiver.backlog
+    assert receiver.unwrap(b"") == frame(b"x" * 100, 0)
+
+
 def test_unwrap_of_a_bad_zlib_body_is_a_protocol_error() -> None:
     body = b"\x78\x9c" + b"\xff" * 20
     with pytest.raises(ProtocolError, match="does not inflate"):

@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from decimal import Decimal
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
 from baton_process import BatonProcess
 from certs import CertFiles, self_signed_cert
-from test_e2e_core import MiB, connector_connect, launch_baton, pymysql_connect, scratch_table
+from test_e2e_core import MiB, RssSampler, connector_connect, launch_baton, pymysql_connect, scratch_table
 from test_e2e_tools import mariadb_cli
 
 from proxy.protocol.compression import CompressedStream
-from proxy.protocol.framing import PacketReader
+from proxy.protocol.framing import PacketReader, frames
 from proxy.protocol.packets import parse_err
 from proxy.sandbox import ReplicationSandbox
 
@@ -84,6 +86,27 @@ def test_mariadb_cli_compressed_session_reads_and_writes(
             "seq\n20000\n19999\n19998\n"
             "same\n1\n"
         )
+
+
+def test_mariadb_cli_compressed_load_data_local_infile(
+    proxy: BatonProcess, sandbox: ReplicationSandbox, tmp_path: Path
+) -> None:
+    """A 1,000,000-row file (about 45 MB) sent in compressed packets, forwarded plain."""
+    data = tmp_path / "rows.csv"
+    data.write_text("".join(f"{i},{'payload-' * 4}{i}\n" for i in range(1, 1_000_001)))
+    with scratch_table(sandbox, "id INT PRIMARY KEY, v VARCHAR(64)") as table:
+        result = mariadb_cli(
+            proxy,
+            "--compress",
+            "--local-infile=1",
+            "-e",
+            f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE {table} FIELDS TERMINATED BY ','",
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr
+        assert sandbox.master.sql(f"SELECT COUNT(*), SUM(id), MAX(v) FROM {table}") == [
+            (1_000_000, Decimal(500_000_500_000), "payload-payload-payload-payload-999999")
+        ]
 
 
 def test_mariadb_cli_says_the_session_is_compressed(proxy: BatonProcess) -> None:
@@ -203,3 +226,36 @@ def test_garbage_inside_the_compressed_framing_closes_only_that_client(
     with pymysql_connect(proxy) as other, other.cursor() as cur:
         cur.execute("SELECT 1")
         assert cur.fetchall() == ((1,),)
+
+
+def test_a_burst_of_zlib_bombs_is_inflated_as_it_is_served(proxy: BatonProcess) -> None:
+    """24 pipelined queries of 8 MiB each arrive as ~200 KiB of zlib in one go. Inflating all
+    of it at once would have Baton hold ~200 MiB; it inflates a budget at a time, as the
+    queries are served, and answers every one, in order."""
+    count, size = 24, 8 << 20
+    conn = connector_connect(proxy, compress=True)
+    sock = conn._socket.sock  # the connector's raw socket (pure-Python implementation)
+    sender = CompressedStream(level=9)
+    wire = b"".join(
+        sender.wrap([b"".join(bytes(b) for b in frames(b"\x03SELECT LENGTH('" + b"a" * (size + i) + b"')", 0))])
+        for i in range(count)
+    )
+    assert len(wire) < 512 * 1024
+    with RssSampler(proxy.pid) as rss:
+        sock.sendall(wire)
+        sock.settimeout(60)
+        stream, packets = CompressedStream(), PacketReader()
+        rows: list[bytes] = []
+        while len(rows) < count:
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"Baton closed the connection after {len(rows)} answers"
+            packets.feed(stream.unwrap(chunk))
+            while (pkt := packets.next_packet()) is not None:
+                payload = pkt[1]
+                assert payload[:1] != b"\xff", parse_err(payload)
+                if payload[:1] == b"\x07" and payload[1:].isdigit():
+                    rows.append(payload[1:])
+    sock.close()
+    assert rows == [str(size + i).encode() for i in range(count)]
+    # Measured: ~100 MiB with the budget, ~470 MiB when everything is inflated at once.
+    assert rss.peak < 200 * MiB, f"Baton's RSS peaked at {rss.peak / MiB:.0f} MiB"

@@ -59,13 +59,23 @@ class CompressedStream:
         self._out = bytearray()  # stream bytes written, not yet a whole inner packet
         self._frame_end = 0  # offset in _out where the inner packet being written ends
 
-    def unwrap(self, data: bytes | memoryview) -> bytes:
+    def unwrap(self, data: bytes | memoryview, budget: int | None = None) -> bytes:
+        """The packet stream inside the compressed packets received so far.
+
+        With a ``budget``, stops after the packet that brings the output to that many bytes
+        and keeps the rest (``backlog`` says whether a whole packet is left): a few KiB of
+        zlib may claim 16 MiB each, so inflating all a read brought in at once would let a
+        client make Baton hold hundreds of MiB from one TCP read.
+        """
         buf = self._buf
         buf += data
         out: list[bytes] = []
+        produced = 0
         pos = 0
         end = len(buf)
         while end - pos >= HEADER_LEN:
+            if budget is not None and produced >= budget:
+                break
             word = int.from_bytes(buf[pos : pos + 4], "little")
             length, seq = word & 0xFFFFFF, word >> 24
             uncompressed = int.from_bytes(buf[pos + 4 : pos + 7], "little")
@@ -73,11 +83,19 @@ class CompressedStream:
             if end - start < length:
                 break
             body = bytes(buf[start : start + length])
-            out.append(body if uncompressed == 0 else _inflate(body, uncompressed))
+            chunk = body if uncompressed == 0 else _inflate(body, uncompressed)
+            out.append(chunk)
+            produced += len(chunk)
             self.next_seq = (seq + 1) & 0xFF
             pos = start + length
         del buf[:pos]
         return b"".join(out)
+
+    @property
+    def backlog(self) -> bool:
+        """A whole compressed packet is buffered, left by a budget."""
+        buf = self._buf
+        return len(buf) >= HEADER_LEN and len(buf) - HEADER_LEN >= int.from_bytes(buf[:3], "little")
 
     def wrap(self, buffers: Iterable[bytes | bytearray | memoryview]) -> bytes:
         """Compressed packets for the whole packets among the stream bytes written so far.
