@@ -11,14 +11,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from collections.abc import Iterator
 
 import pytest
 from baton_process import BatonProcess
 from certs import CertFiles, self_signed_cert
-from test_e2e_core import MiB, RssSampler, connector_connect, launch_baton, pymysql_connect, scratch_table
+from test_e2e_core import (
+    MiB,
+    RssSampler,
+    connector_connect,
+    launch_baton,
+    pymysql_connect,
+    scratch_table,
+)
 from test_e2e_tools import mariadb_cli
 
 from proxy.protocol.compression import CompressedStream
