@@ -19,7 +19,7 @@ import pytest
 from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.admin import commands
-from proxy.admin.tables import QueryRefused, Table, run_select
+from proxy.admin.tables import QueryRefused, Table, _lag_ms, run_select
 from proxy.sandbox import ReplicationSandbox
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -388,3 +388,10 @@ def test_shutdown_command_stops_baton(sandbox: ReplicationSandbox, proc: BatonPr
     admin_rows(proc, "SHUTDOWN GRACEFUL")
     assert proc.process is not None
     assert proc.process.wait(timeout=20) == 0
+
+
+def test_lag_ms_rounds_up_so_a_lagging_replica_never_shows_its_limit() -> None:
+    """LAGGING means lag > limit; 0.5004 s shown as 500 ms next to a 500 ms limit would say
+    otherwise (a flaky e2e assertion found this)."""
+    assert _lag_ms(0.5004) == 501
+    assert [_lag_ms(x) for x in (0.0, 0.5, 0.1 + 0.2, 3.0)] == [0, 500, 300, 3000]

@@ -9,6 +9,7 @@ seconds, durations carry their unit in the column name. Nothing here mutates Bat
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sqlite3
 import sys
@@ -52,6 +53,12 @@ FAILOVER_COLUMNS = (
     "id", "kind", "old", "new", "epoch", "outcome", "age_s", "decided_ms", "promoted_ms",
     "first_write_ms", "held", "retried", "failed", "steps", "error",
 )
+
+
+def _lag_ms(lag_s: float) -> int:
+    """Lag in whole ms, rounded up: a replica over its limit by a fraction of a ms (LAGGING)
+    must not show a lag equal to the limit. The epsilon keeps float noise from adding 1."""
+    return max(0, math.ceil(lag_s * 1000 - 1e-6))
 
 
 def _flag(value: bool | None) -> int | None:
@@ -98,7 +105,7 @@ def backends_table(app: Baton) -> Table:
             int(view.fenced),
             _flag(view.read_only),
             view.replicating_from,
-            None if lag_s is None else round(lag_s * 1000),
+            None if lag_s is None else _lag_ms(lag_s),
             (h.gtid_current_pos or None) if h is not None else None,
             pool.in_use if pool else 0,
             pool.idle if pool else 0,
