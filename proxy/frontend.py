@@ -1190,6 +1190,12 @@ class ClientSession(asyncio.Protocol):
     def schema(self) -> str | None:
         return self.state.schema
 
+    @property
+    def link(self) -> str:
+        """How the client is connected, for SHOW CLIENTS: tcp, tls, and/or compressed."""
+        parts = [p for p, on in (("tls", self._tls is not None), ("compressed", self._zstream is not None)) if on]
+        return "+".join(parts) or "tcp"
+
     def pinned_reason(self) -> str:
         return ",".join(str(getattr(p, "value", p)) for p in self.pins)
 

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import mysql.connector
 import pymysql
 import pytest
 from baton_process import BatonProcess, admin_rows, wait_for
@@ -288,6 +289,7 @@ def test_show_clients_and_pools_follow_sessions(sandbox: ReplicationSandbox, pro
             assert len(clients) == 1
             client = clients[0]
             assert client["user"] == "app" and client["schema"] == "test"
+            assert client["link"] == "tcp"
             assert client["state"] == "in-transaction"
             assert sandbox.master.name in client["backends"].split(",")
             pools = admin_rows(proc, f"SELECT * FROM pools WHERE backend = '{sandbox.master.name}' AND user = 'app'")
@@ -395,3 +397,16 @@ def test_lag_ms_rounds_up_so_a_lagging_replica_never_shows_its_limit() -> None:
     otherwise (a flaky e2e assertion found this)."""
     assert _lag_ms(0.5004) == 501
     assert [_lag_ms(x) for x in (0.0, 0.5, 0.1 + 0.2, 3.0)] == [0, 500, 300, 3000]
+
+
+def test_show_clients_says_which_clients_use_compression(proc: BatonProcess) -> None:
+    compressed = mysql.connector.connect(
+        host="127.0.0.1", port=proc.proxy_port, user="app", password="app", database="test",
+        use_pure=True, compress=True,
+    )
+    try:
+        links = {r["link"] for r in admin_rows(proc, "SHOW CLIENTS")}
+        assert links == {"compressed"}
+        assert admin_rows(proc, "SELECT COUNT(*) AS n FROM clients WHERE link = 'compressed'") == [{"n": 1}]
+    finally:
+        compressed.close()

@@ -44,7 +44,7 @@ BACKEND_COLUMNS = (
 POOL_COLUMNS = ("backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused")
 # state: login (handshake not finished), active (a statement runs), in-transaction (idle inside
 # a transaction) or idle.
-CLIENT_COLUMNS = ("id", "user", "address", "schema", "state", "backends", "pinned", "idle_ms")
+CLIENT_COLUMNS = ("id", "user", "address", "link", "schema", "state", "backends", "pinned", "idle_ms")
 STAT_COLUMNS = ("variable", "value")
 # The failover timeline's rows (proxy.health.timeline.Timeline.as_rows) decide the columns;
 # these are its keys, used when there are no rows yet or no failover module runs, so that
@@ -148,6 +148,7 @@ def clients_table(app: Baton) -> Table:
             s.id,
             s.user or None,
             s.peer,
+            s.link,
             s.schema,
             client_state(s),
             ",".join(sorted(s.conns)),
