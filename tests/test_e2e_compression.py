@@ -202,9 +202,10 @@ def test_compression_off_in_config_gives_clients_a_plain_session(
         uncompressed_proxy, "--compress", script="status\nSELECT REPEAT('q', 5000) = REPEAT('q', 5000) AS same;\n"
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"Protocol:\s+Uncompressed", result.stdout) or not re.search(
-        r"Protocol:\s+Compressed", result.stdout
-    ), result.stdout
+    # The CLI prints a "Protocol: Compressed" line only for a compressed session.
+    assert "Protocol version:" in result.stdout, result.stdout
+    assert not re.search(r"Protocol:\s+Compressed", result.stdout), result.stdout
+    assert result.stdout.endswith("same\n1\n"), result.stdout
 
 
 def test_garbage_inside_the_compressed_framing_closes_only_that_client(

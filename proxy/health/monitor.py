@@ -152,7 +152,7 @@ class _Watch:
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # Logins whose caller was cancelled (stop, reload): they finish and quit cleanly.
+    # Logins whose caller gave up (stop, reload, its wait ran out): they finish and quit.
     orphans: set[asyncio.Task[BackendConnection]] = field(default_factory=set)
     alive: bool = False
     stopping: bool = False
