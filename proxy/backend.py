@@ -217,7 +217,7 @@ class BackendConnection(asyncio.Protocol):
                     self.transport.write(action.data)
                 elif isinstance(action, StartTLS):
                     assert tls is not None and self.transport is not None
-                    self.transport = await self.loop.start_tls(  # type: ignore[assignment]
+                    self.transport = await self.loop.start_tls(
                         self.transport, self, tls, server_hostname=None
                     )
                 elif isinstance(action, Ready):
