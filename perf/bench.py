@@ -6,8 +6,8 @@ sysbench's tables once; then, for each test and round, runs sysbench against eve
 alternating order, so that whatever else the shared machine is doing hits all targets alike.
 Prints one table per test and writes every number to perf/results/<timestamp>.json.
 
-    .venv/bin/python perf/bench.py --duration 20 --rounds 2 --threads 8
-    .venv/bin/python perf/bench.py --targets haproxy,baton --baton-config-section routing.read_write_split=false
+    .venv/bin/python -m perf.bench --duration 20 --rounds 2 --threads 8
+    .venv/bin/python -m perf.bench --targets haproxy,baton --baton-config-section routing.read_write_split=false
 
 See perf/README.md for what each column means and how far to trust it.
 """
@@ -33,17 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pymysql
+
+from perf.haproxy import HAProxy, haproxy_version
+from perf.proc_stats import machine_sample, sample, total_cpu_seconds
+from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
+from tests.support.baton_process import BatonProcess
+
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
-# Run as a script: make the proxy package and the tests' Baton launcher importable.
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
-
-import pymysql  # noqa: E402
-from baton_process import BatonProcess  # noqa: E402
-from haproxy import HAProxy, haproxy_version  # noqa: E402
-from proc_stats import machine_sample, sample, total_cpu_seconds  # noqa: E402
-
-from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version  # noqa: E402
 
 SYSBENCH = "/usr/bin/sysbench"
 RESULTS_DIR = PERF_DIR / "results"

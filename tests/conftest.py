@@ -1,5 +1,9 @@
 """Shared fixtures: real MariaDB topologies, a real Redis, and Baton as a subprocess.
 
+Tests live in three folders, each a marker: unit/ (pure, in-process, no servers),
+integration/ (real MariaDB, Redis, Baton and clients) and adversity/ (servers killed, paused
+or cut, failovers); support/ holds what they share (certs, golden bytes, the Baton launcher).
+
 Every server is stopped by a finalizer; proxy.sandbox also stops leftovers at exit and arms a
 parent-death signal, so no mariadbd outlives the test run even if pytest itself is killed.
 """
@@ -11,14 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from baton_process import BatonProcess
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_ports
+from tests.support.baton_process import BatonProcess
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Slow tests run by default; deselect them with -m "not slow".
-    config.addinivalue_line("markers", "slow: long-running integration tests")
+TESTS_DIR = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "adversity")  # folders of tests/, and their markers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by its folder, so `-m unit` runs the fast in-process tests alone."""
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        if folder not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(KINDS)}}}/")
+        item.add_marker(folder)
 
 
 @pytest.fixture(scope="session")
