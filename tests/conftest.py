@@ -19,7 +19,6 @@ import pytest
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_ports
 from tests.support.baton_process import BatonProcess
 
-
 TESTS_DIR = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "adversity")  # folders of tests/, and their markers
 

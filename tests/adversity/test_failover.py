@@ -18,7 +18,7 @@ from proxy.health.failover import FailoverCoordinator, PromotionRefused
 from proxy.health.states import BackendState
 from proxy.health.timeline import Timeline
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox
-from tests.integration.test_monitor import Harness, new_table, run, sql, until, value
+from tests.support.monitor_harness import Harness, new_table, run, sql, until, value
 
 MakeSandbox = Callable[..., ReplicationSandbox]
 REPL = {"replication_user": "repl", "replication_password": "repl"}
