@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -54,7 +53,6 @@ __all__ = [
     "Kind",
     "Pin",
     "SetItem",
-    "bench",
     "classify",
     "is_literal",
 ]
@@ -1068,60 +1066,3 @@ def is_literal(value: str) -> bool:
         return False
     word = m.group("word")
     return word is None or word.casefold() not in _NOT_LITERAL_WORDS
-
-
-# -------------------------------------------------------------------- bench
-
-_BENCH = (
-    b"SELECT * FROM users WHERE id = 42",
-    b"SELECT name, email FROM users WHERE email = 'a@example.com' AND active = 1",
-    b"select c from sbtest1 where id=5012",
-    b"INSERT INTO orders (user_id, total, note) VALUES (7, 12.50, 'first order')",
-    b"UPDATE users SET last_seen = NOW() WHERE id = 42",
-    b"SELECT balance FROM accounts WHERE id = 9 FOR UPDATE",
-    b"/* baton:replica */ SELECT count(*) FROM t",
-    b"BEGIN",
-    b"COMMIT",
-    b"SET autocommit=0",
-    b"SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
-    b"SELECT @@version_comment LIMIT 1",
-    b"(SELECT a FROM t1) UNION (SELECT a FROM t2)",
-)
-
-
-def bench(rounds: int = 20_000, repeat: int = 5) -> dict[str, float]:
-    """Print and return ns per classify() call (best of `repeat`) for typical statements.
-
-    Not a test. It measures CPU time of this thread (time spent descheduled on a busy
-    machine does not count), yet numbers on shared machines still swing: compare only
-    within one run.
-    """
-    cases: list[tuple[str, list[bytes]]] = [(s.decode(), [s]) for s in _BENCH]
-    # distinct SETs miss the SET cache; a 4 KiB IN-list shows how the scan scales
-    cases.append(
-        ("SET @v = <distinct value>  (SET cache miss)", [b"SET @v = %d" % i for i in range(4096)])
-    )
-    big = b"SELECT * FROM t WHERE id IN (" + b", ".join(b"%d" % i for i in range(800)) + b")"
-    cases.append((f"SELECT ... IN (800 ids)  ({len(big)} bytes)", [big]))
-    results: dict[str, float] = {}
-    for label, stmts in cases:
-        seq = (stmts * (rounds // len(stmts) + 1))[:rounds]
-        for s in stmts:
-            classify(s)
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.thread_time_ns()
-            for s in seq:
-                classify(s)
-            best = min(best, (time.thread_time_ns() - t0) / rounds)
-        results[label] = best
-    width = max(len(label) for label in results)
-    for label, ns in results.items():
-        print(f"{label:<{width}}  {ns:8.0f} ns")
-    short = [results[s.decode()] for s in _BENCH]
-    print(f"{'mean of the short statements':<{width}}  {sum(short) / len(short):8.0f} ns")
-    return results
-
-
-if __name__ == "__main__":
-    bench()
