@@ -51,6 +51,7 @@ from proxy.health.events import (
     SplitBrainSuspected,
 )
 from proxy.health.monitor import BackendHealth, Monitor, cancel_all
+from proxy.health.samples import one_line
 from proxy.health.states import BackendState
 from proxy.health.timeline import FailoverRecord, Timeline
 from proxy.health.topology import Topology, TopologyError
@@ -451,7 +452,7 @@ class FailoverCoordinator:
                 await self._sql(rec, new, "STOP SLAVE IO_THREAD")
                 received = await self._value(new, "SHOW SLAVE STATUS", column="Gtid_IO_Pos")
                 await self._wait_applied(
-                    rec, new, _one_line(received) or choice.catch_up_to, self._catch_up_timeout_s
+                    rec, new, one_line(received) or choice.catch_up_to, self._catch_up_timeout_s
                 )
                 await self._take_writes(rec, new, semi)
                 await self._repoint(rec, self._other_replicas(new, old), new, semi)
@@ -747,10 +748,6 @@ def _io_opinion(h: BackendHealth, old: str, asked: float) -> bool | None:
     if h.master_name != old:
         return None
     return h.io_state == "Yes"
-
-
-def _one_line(gtids: str) -> str:
-    return ",".join(part.strip() for part in gtids.split(",") if part.strip())
 
 
 def _quote(text: str) -> str:

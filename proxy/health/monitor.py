@@ -46,7 +46,8 @@ from proxy.backend import (
 )
 from proxy.config import BackendConfig, MonitorConfig
 from proxy.health.detector import FailureDetector
-from proxy.health.election import GtidError, ReplicaStatus, parse_gtid_list
+from proxy.health.election import ReplicaStatus
+from proxy.health.samples import VARIABLES, ReplicationSample, estimate_lag, parse_sample
 from proxy.health.states import BackendState, StateChange
 from proxy.health.topology import Topology, TopologyError
 from proxy.protocol.constants import Command
@@ -67,16 +68,6 @@ POSITION_HISTORY_S = 600.0
 
 _ER_UNKNOWN_SYSTEM_VARIABLE = 1193
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-_VARIABLES = (
-    "@@read_only",
-    "@@server_id",
-    "@@gtid_binlog_pos",
-    "@@gtid_current_pos",
-    "@@gtid_slave_pos",
-    "@@rpl_semi_sync_master_enabled",
-    "@@rpl_semi_sync_slave_enabled",
-)
-
 
 @dataclass(frozen=True)
 class BackendHealth:
@@ -119,27 +110,6 @@ class BackendHealth:
         return self.master_host is not None
 
 
-@dataclass(frozen=True)
-class _Sample:
-    """One replication-state reading. sent_at/received_at bracket the moment it was true."""
-
-    sent_at: float
-    received_at: float
-    read_only: bool
-    server_id: int | None
-    gtid_binlog_pos: str
-    gtid_current_pos: str
-    gtid_slave_pos: str
-    semi_sync_master: bool | None
-    semi_sync_slave: bool | None
-    master_host: str | None = None
-    master_port: int | None = None
-    io_state: str | None = None
-    sql_running: bool = False
-    seconds_behind_master: int | None = None
-    gtid_io_pos: str = ""
-
-
 @dataclass(eq=False)
 class _Watch:
     """Everything the monitor keeps for one backend."""
@@ -160,7 +130,7 @@ class _Watch:
     failures: int = 0
     last_check_at: float | None = None
     last_error: str | None = None
-    sample: _Sample | None = None
+    sample: ReplicationSample | None = None
     master_name: str | None = None
     lag_s: float | None = None
     # (first seen at, gtid_binlog_pos) for each distinct position, oldest first.
@@ -498,7 +468,7 @@ class Monitor:
             except QueryError as e:
                 w.last_error = f"replication state: {e}"
                 return False
-            sample = _parse_sample(sent_at, self._clock(), variables, slave)
+            sample = parse_sample(sent_at, self._clock(), variables, slave)
             w.sample = sample
         self._absorb(w, sample)
         return True
@@ -506,14 +476,14 @@ class Monitor:
     async def _read_variables(self, conn: BackendConnection, timeout: float) -> QueryResult:
         if self._semi_sync_vars:
             try:
-                return await conn.query("SELECT " + ", ".join(_VARIABLES), timeout=timeout)
+                return await conn.query("SELECT " + ", ".join(VARIABLES), timeout=timeout)
             except QueryError as e:
                 if e.err.code != _ER_UNKNOWN_SYSTEM_VARIABLE:
                     raise
                 self._semi_sync_vars = False  # no semi-sync on this server: stop asking
-        return await conn.query("SELECT " + ", ".join(_VARIABLES[:5]), timeout=timeout)
+        return await conn.query("SELECT " + ", ".join(VARIABLES[:5]), timeout=timeout)
 
-    def _absorb(self, w: _Watch, s: _Sample) -> None:
+    def _absorb(self, w: _Watch, s: ReplicationSample) -> None:
         """Turn a sample into position history, a lag verdict and a topology observation."""
         name = w.cfg.name
         history = w.positions
@@ -528,7 +498,7 @@ class Monitor:
         limit_s = w.cfg.max_replication_lag_ms / 1000
         if s.master_host is not None and name != self._topology.master:
             master = self._watches.get(w.master_name) if w.master_name else None
-            w.lag_s = _estimate_lag(s, master.positions if master else None)
+            w.lag_s = estimate_lag(s, master.positions if master else None)
         else:
             w.lag_s = 0.0  # a master has no lag: clears a verdict left from its replica days
         self._apply(w, w.detector.record_lag(w.lag_s, limit_s))
@@ -631,95 +601,6 @@ class Monitor:
             semi_sync_master=s.semi_sync_master,
             semi_sync_slave=s.semi_sync_slave,
         )
-
-
-def _flag(value: bytes | None) -> bool | None:
-    if value is None:
-        return None
-    text = value.decode().strip().upper()
-    return text in ("1", "ON", "YES")
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode()
-
-
-def _parse_sample(
-    sent_at: float, received_at: float, variables: QueryResult, slave: QueryResult
-) -> _Sample:
-    row = list(variables.rows[0]) + [None] * (len(_VARIABLES) - len(variables.rows[0]))
-    read_only, server_id, binlog_pos, current_pos, slave_pos, semi_master, semi_slave = row
-    common = {
-        "sent_at": sent_at,
-        "received_at": received_at,
-        "read_only": bool(_flag(read_only)),
-        "server_id": int(server_id) if server_id is not None else None,
-        # SHOW SLAVE STATUS and some variables wrap long GTID lists with ",\n".
-        "gtid_binlog_pos": _one_line(_text(binlog_pos)),
-        "gtid_current_pos": _one_line(_text(current_pos)),
-        "gtid_slave_pos": _one_line(_text(slave_pos)),
-        "semi_sync_master": _flag(semi_master),
-        "semi_sync_slave": _flag(semi_slave),
-    }
-    rows = slave.dicts()
-    if not rows:
-        return _Sample(**common)  # type: ignore[arg-type]
-    r = rows[0]
-    sbm = r.get("Seconds_Behind_Master")
-    port = r.get("Master_Port")
-    return _Sample(
-        **common,  # type: ignore[arg-type]
-        master_host=r.get("Master_Host") or None,
-        master_port=int(port) if port else None,
-        io_state=r.get("Slave_IO_Running"),
-        sql_running=r.get("Slave_SQL_Running") == "Yes",
-        seconds_behind_master=int(sbm) if sbm is not None else None,
-        gtid_io_pos=_one_line(r.get("Gtid_IO_Pos") or ""),
-    )
-
-
-def _one_line(gtids: str) -> str:
-    return ",".join(part.strip() for part in gtids.split(",") if part.strip())
-
-
-def _applied(applied: str, position: str) -> bool:
-    """Whether a replica's gtid_slave_pos has reached a master's gtid_binlog_pos.
-
-    Per domain by sequence number: within a domain seqs keep rising across masters.
-    """
-    mine = parse_gtid_list(applied)
-    return all(d in mine and mine[d].seq >= g.seq for d, g in parse_gtid_list(position).items())
-
-
-def _estimate_lag(s: _Sample, master_positions: Iterable[tuple[float, str]] | None) -> float | None:
-    """Replication lag of a replica sample, sub-second.
-
-    Seconds_Behind_Master counts whole seconds and is NULL whenever the IO thread is down,
-    so it is only a lower bound here. The estimate: the master's position history says
-    when each position was first seen; the oldest position this replica has not applied
-    already existed then, so the replica is at least that far behind. Caught up with every
-    position seen by the time of the sample: lag 0. SQL thread stopped with no
-    Seconds_Behind_Master: unknown (None).
-    """
-    sbm = s.seconds_behind_master
-    if not s.sql_running and sbm is None:
-        return None
-    estimate: float | None = None
-    known = [(t, p) for t, p in master_positions or () if t <= s.sent_at]
-    if s.gtid_slave_pos and known:
-        try:
-            # Newest first: applying is in order, so once one position is applied every
-            # older one is too. Usually the newest is, and that is a single comparison.
-            estimate = 0.0
-            for seen_at, position in reversed(known):
-                if _applied(s.gtid_slave_pos, position):
-                    break
-                estimate = s.sent_at - seen_at
-        except GtidError:
-            estimate = None
-    if estimate is None:
-        return None if sbm is None else float(sbm)
-    return estimate if sbm is None else max(estimate, float(sbm))
 
 
 def _quit_if_logged_in(login: asyncio.Future[BackendConnection]) -> None:

@@ -20,7 +20,6 @@ from proxy.health.events import (
     ReplicaCaughtUp,
     ReplicaLagging,
 )
-from proxy.health.monitor import _estimate_lag, _Sample
 from proxy.health.states import BackendState
 from proxy.sandbox import ReplicationSandbox
 from tests.support.monitor_harness import (
@@ -232,47 +231,6 @@ def test_a_short_hang_changes_nothing_a_long_hang_and_a_crash_are_detected_fast(
             assert h.topology.state("db1") is BackendState.ONLINE
 
     run(main())
-
-
-# --- the lag estimate on its own (pure) -------------------------------------------------------
-
-
-def _replica_sample(
-    slave_pos: str, *, at: float = 11.2, sql_running: bool = True, sbm: int | None = None
-) -> _Sample:
-    return _Sample(
-        sent_at=at,
-        received_at=at + 0.001,
-        read_only=True,
-        server_id=2,
-        gtid_binlog_pos=slave_pos,
-        gtid_current_pos=slave_pos,
-        gtid_slave_pos=slave_pos,
-        semi_sync_master=False,
-        semi_sync_slave=False,
-        master_host="127.0.0.1",
-        master_port=3306,
-        io_state="Yes",
-        sql_running=sql_running,
-        seconds_behind_master=sbm,
-    )
-
-
-def test_lag_is_the_age_of_the_oldest_master_position_not_yet_applied() -> None:
-    history = [(10.0, "0-1-5"), (10.5, "0-1-8"), (11.0, "0-1-9"), (11.5, "0-1-12")]
-    assert _estimate_lag(_replica_sample("0-1-9"), history) == 0.0  # 11.5 is after the sample
-    assert _estimate_lag(_replica_sample("0-1-8"), history) == pytest.approx(0.2)
-    assert _estimate_lag(_replica_sample("0-1-4"), history) == pytest.approx(1.2)
-    # Seconds_Behind_Master bounds it below; alone it is all there is.
-    assert _estimate_lag(_replica_sample("0-1-8", sbm=2), history) == 2.0
-    assert _estimate_lag(_replica_sample("0-1-8", sbm=0), None) == 0.0
-    assert _estimate_lag(_replica_sample("0-1-8", sbm=None), [(12.0, "0-1-9")]) is None
-    # SQL thread stopped and no Seconds_Behind_Master: unknown, whatever the history says.
-    assert _estimate_lag(_replica_sample("0-1-9", sql_running=False), history) is None
-    # Several domains: every one must be applied.
-    two = [(10.0, "0-1-5,1-3-7")]
-    assert _estimate_lag(_replica_sample("0-1-5,1-3-7"), two) == 0.0
-    assert _estimate_lag(_replica_sample("0-1-5"), two) == pytest.approx(1.2)
 
 
 def test_config_reload_adds_and_removes_backends(sandbox: ReplicationSandbox) -> None:
