@@ -14,7 +14,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from .net import tcp_nodelay
 from .protocol.constants import SUPPORTED_CAPABILITIES, Command
@@ -135,7 +135,7 @@ class BackendConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         tcp_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:

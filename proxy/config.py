@@ -31,8 +31,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "AdminConfig",
@@ -990,9 +993,11 @@ def _masked(f: dataclasses.Field[Any], value: object) -> object:
     return _mask_url(value) if f.name == "url" and isinstance(value, str) else MASK
 
 
-def _field_changes(prefix: str, old: object, new: object) -> list[tuple[str, object, object]]:
+def _field_changes(
+    prefix: str, old: DataclassInstance, new: DataclassInstance
+) -> list[tuple[str, object, object]]:
     changes = []
-    for f in dataclasses.fields(old):  # type: ignore[arg-type]
+    for f in dataclasses.fields(old):
         if f.metadata.get("derived"):
             continue
         before, after = getattr(old, f.name), getattr(new, f.name)

@@ -255,11 +255,12 @@ class ResponseTracker:
             self._continued = True  # the next frame carries more of this packet
             return
         self._continued = False
-        payload = bytes(self._pkt) if self._buffering else None
+        payload: bytes | None = None
         if self._buffering:
+            payload = bytes(self._pkt)
             self._pkt = bytearray()
             if self.collect:
-                self.packets.append(payload)  # type: ignore[arg-type]
+                self.packets.append(payload)
         self._packet(self._first, payload)
 
     def _packet(self, first: int, payload: bytes | None) -> None:
