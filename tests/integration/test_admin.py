@@ -1,9 +1,6 @@
 """The admin port: real clients (the `mariadb` command-line client, PyMySQL) against a real
 Baton in front of a real MariaDB topology; plus the pure parts (command matching, the
 read-only SQLite SELECT) without a socket.
-
-The helpers at the top (``admin_connect``, ``admin_rows``, ``app_connect``) are shared with
-test_metrics, test_cli_ops and test_reload.
 """
 
 from __future__ import annotations
@@ -22,30 +19,15 @@ from proxy.admin import commands
 from proxy.admin.tables import QueryRefused, Table, _lag_ms, run_select
 from proxy.sandbox import ReplicationSandbox
 from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from tests.support.clients import app_connect
 
-# --- shared helpers ----------------------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------------------
 
 
 def admin_connect(proc: BatonProcess, **options: Any) -> pymysql.Connection:
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": proc.admin_port, "user": "admin", "password": "admin",
         "connect_timeout": 5, "read_timeout": 60, "autocommit": None,
-    }
-    return pymysql.connect(**{**settings, **options})
-
-
-
-
-def admin_stat(proc: BatonProcess, variable: str) -> str | None:
-    """One SHOW STATS value, as text (the value column holds numbers and names)."""
-    rows = admin_rows(proc, f"SELECT value FROM stats WHERE variable = '{variable}'")
-    return None if not rows or rows[0]["value"] is None else str(rows[0]["value"])
-
-
-def app_connect(proc: BatonProcess, **options: Any) -> pymysql.Connection:
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1", "port": proc.proxy_port, "user": "app", "password": "app",
-        "database": "test", "autocommit": True, "connect_timeout": 5, "read_timeout": 60,
     }
     return pymysql.connect(**{**settings, **options})
 
@@ -62,8 +44,6 @@ def parse_batch(stdout: str) -> list[dict[str, str]]:
     lines = stdout.rstrip("\n").split("\n")
     header = lines[0].split("\t")
     return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
-
-
 
 
 # --- pure: command matching and the SELECT sandbox -----------------------------------------------

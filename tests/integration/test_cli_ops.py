@@ -16,9 +16,9 @@ from click.testing import CliRunner, Result
 from proxy.cli import OpsError, backend_for_address, main
 from proxy.config import parse_config
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.integration.test_admin import admin_stat, app_connect
-from tests.integration.test_metrics import scrape, value
 from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from tests.support.clients import admin_stat, app_connect
+from tests.support.prometheus import scrape, value
 
 
 def run(*args: str) -> Result:

@@ -22,8 +22,8 @@ from proxy.protocol.constants import SUPPORTED_CAPABILITIES, Capability
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.handshake import ClientHandshake, Failed, Ready, Send
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import MiB, launch_baton, pymysql_connect, scratch_table
 from tests.support.baton_process import BatonProcess
+from tests.support.clients import MiB, launch_baton, pymysql_connect, scratch_table
 
 StartBaton = Callable[..., BatonProcess]
 

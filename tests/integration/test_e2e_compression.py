@@ -21,17 +21,17 @@ from proxy.protocol.compression import CompressedStream
 from proxy.protocol.framing import PacketReader, frames
 from proxy.protocol.packets import parse_err
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import (
+from tests.support.baton_process import BatonProcess
+from tests.support.certs import CertFiles, self_signed_cert
+from tests.support.clients import (
     MiB,
     RssSampler,
     connector_connect,
     launch_baton,
+    mariadb_cli,
     pymysql_connect,
     scratch_table,
 )
-from tests.integration.test_e2e_tools import mariadb_cli
-from tests.support.baton_process import BatonProcess
-from tests.support.certs import CertFiles, self_signed_cert
 
 
 @pytest.fixture(scope="module")

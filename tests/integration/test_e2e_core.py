@@ -5,8 +5,8 @@ handling rather than a C library's shortcuts) against Baton started as a subproc
 client auth plugin Baton can ask for. What a test writes is checked on the master itself
 where that makes the test stronger than reading it back through Baton.
 
-The helpers at the top (``launch_baton``, ``pymysql_connect``, ``connector_connect``) are shared
-by the other ``test_e2e_*`` modules.
+The clients and the module-scoped Baton launcher, shared by the other ``test_e2e_*`` modules,
+are in tests/support/clients.py.
 """
 
 from __future__ import annotations
@@ -30,111 +30,18 @@ import pytest
 from pymysql.constants import CLIENT, COMMAND
 from pymysql.cursors import DictCursor, SSCursor
 
-from proxy.sandbox import ReplicationSandbox, free_port
+from proxy.sandbox import ReplicationSandbox
 from tests.support.baton_process import BatonProcess
-
-AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
-MiB = 1024 * 1024
-
-# Bulk-data tests do not depend on how the client logged in: run them against one Baton only.
-one_auth_plugin = pytest.mark.parametrize("proxy", [AUTH_PLUGINS[0]], indirect=True)
-
-
-# --- shared helpers --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def launch_baton(
-    topology: ReplicationSandbox, workdir: Path, **sections: Any
-) -> Iterator[BatonProcess]:
-    """Baton in front of ``topology`` for as long as the block lasts (for module-scoped use;
-    the function-scoped ``baton`` fixture does the same per test). The admin and metrics
-    listeners are off: these tests speak only the MySQL protocol."""
-    process = BatonProcess(topology.config_toml(free_port(), 0, **sections), workdir=workdir)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-
-
-def pymysql_connect(proxy: BatonProcess, **options: Any) -> pymysql.Connection:
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": proxy.proxy_port,
-        "user": "app",
-        "password": "app",
-        "database": "test",
-        "autocommit": True,
-        "connect_timeout": 5,
-        "read_timeout": 60,
-        "write_timeout": 60,
-    }
-    return pymysql.connect(**{**settings, **options})
-
-
-def connector_connect(proxy: BatonProcess, **options: Any) -> Any:
-    """mysql-connector-python, pure-Python implementation."""
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": proxy.proxy_port,
-        "user": "app",
-        "password": "app",
-        "database": "test",
-        "autocommit": True,
-        "use_pure": True,
-        "connection_timeout": 5,
-    }
-    return mysql.connector.connect(**{**settings, **options})
-
-
-def unique_table() -> str:
-    return f"test.e2e_{uuid.uuid4().hex[:12]}"
-
-
-@contextlib.contextmanager
-def scratch_table(topology: ReplicationSandbox, columns: str) -> Iterator[str]:
-    """A fresh utf8mb4 table on the master (the sandbox's `test` schema defaults to latin1),
-    already on the replicas too, dropped afterwards."""
-    table = unique_table()
-    topology.master.sql(f"CREATE TABLE {table} ({columns}) DEFAULT CHARSET=utf8mb4")
-    topology.wait_caught_up()
-    try:
-        yield table
-    finally:
-        topology.master.sql(f"DROP TABLE IF EXISTS {table}")
-
-
-class RssSampler:
-    """Samples a process's resident set size (VmRSS) in a thread; keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self.samples += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
+from tests.support.clients import (
+    AUTH_PLUGINS,
+    MiB,
+    RssSampler,
+    connector_connect,
+    launch_baton,
+    one_auth_plugin,
+    pymysql_connect,
+    scratch_table,
+)
 
 # --- fixtures --------------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ import pytest
 
 from proxy.protocol import auth, ed25519
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import launch_baton, pymysql_connect, scratch_table
 from tests.support.baton_process import BatonProcess
+from tests.support.clients import launch_baton, pymysql_connect, scratch_table
 
 USER, PASSWORD = "edapp", "ed-secret-ü"  # non-ASCII: the signature is over the UTF-8 bytes
 

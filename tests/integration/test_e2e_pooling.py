@@ -23,9 +23,9 @@ import pymysql
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import pymysql_connect, scratch_table
-from tests.integration.test_e2e_routing import count_servers, wait_readable
 from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from tests.support.clients import pymysql_connect, scratch_table
+from tests.support.routing import count_servers, wait_readable
 
 StartBaton = Callable[..., BatonProcess]
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import connector_connect, scratch_table
-from tests.integration.test_e2e_routing import module_baton
 from tests.support.baton_process import BatonProcess, wait_for
+from tests.support.clients import connector_connect, scratch_table
+from tests.support.routing import module_baton
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ guarded by ``WHERE @@server_id = 1``) says where it ran too, and the master's bi
 it gained the statement. Replicas refuse the app account's writes (it has no SUPER), so a write
 routed to one fails loudly.
 
-The helpers at the top (admin queries, waiting for the monitor, server ids) are shared by the
-other ``test_e2e_*`` routing, session-state, prepared-statement and pooling modules.
+The helpers (admin queries, waiting for the monitor, server ids), shared with the other
+``test_e2e_*`` routing, session-state, prepared-statement and pooling modules, are in
+tests/support/routing.py.
 """
 
 from __future__ import annotations
@@ -17,61 +18,27 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
 
-from proxy.sandbox import MariaDBInstance, ReplicationSandbox, free_port
-from tests.integration.test_e2e_core import launch_baton, pymysql_connect, scratch_table
+from proxy.sandbox import MariaDBInstance, ReplicationSandbox
 from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from tests.support.clients import pymysql_connect, scratch_table
+from tests.support.routing import (
+    backend_states,
+    count_servers,
+    module_baton,
+    server_id,
+    server_names,
+    wait_readable,
+)
 
 StartBaton = Callable[..., BatonProcess]
 
 ER_OPTION_PREVENTS_STATEMENT = 1290  # a read-only server refuses a write
 BATON_BAD_CONSISTENCY = 9110
-
-
-# --- shared helpers --------------------------------------------------------------------------
-
-
-def launch_routing_baton(topology: ReplicationSandbox, workdir: Path, **sections: Any) -> Any:
-    """``launch_baton`` with the admin port on, so tests can watch SHOW BACKENDS/POOLS."""
-    sections.setdefault("admin", {"listen": f"127.0.0.1:{free_port()}"})
-    return launch_baton(topology, workdir, **sections)
-
-
-
-
-def backend_states(proxy: BatonProcess) -> dict[str, str]:
-    return {row["name"]: row["state"] for row in admin_rows(proxy, "SHOW BACKENDS")}
-
-
-
-
-def wait_readable(proxy: BatonProcess, names: list[str], timeout: float = 20) -> None:
-    """Until the monitor has every named replica ONLINE (so it takes reads)."""
-    wait_for(
-        lambda: all(backend_states(proxy).get(n) == "ONLINE" for n in names),
-        timeout,
-        f"replicas {names} ONLINE in SHOW BACKENDS",
-    )
-
-
-def server_names(topology: ReplicationSandbox) -> dict[int, str]:
-    """@@server_id -> backend name."""
-    return {inst.server_id: inst.name for inst in topology.instances}
-
-
-def server_id(cur: Any, statement: str = "SELECT @@server_id") -> int:
-    """Runs a statement whose first column is @@server_id; the id."""
-    cur.execute(statement)
-    return int(cur.fetchall()[0][0])
-
-
-def count_servers(cur: Any, times: int, statement: str = "SELECT @@server_id") -> Counter[int]:
-    return Counter(server_id(cur, statement) for _ in range(times))
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -82,21 +49,6 @@ def proxy(
     sandbox: ReplicationSandbox, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BatonProcess]:
     yield from module_baton(sandbox, tmp_path_factory)
-
-
-def module_baton(
-    sandbox: ReplicationSandbox, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BatonProcess]:
-    """One Baton with default routing, shared by a module's tests. A generous lag limit: on
-    this shared, loaded machine a replica may fall a second behind now and then, and these
-    tests are about where statements go among healthy servers (the lag test has its own)."""
-    with launch_routing_baton(
-        sandbox,
-        tmp_path_factory.mktemp("baton-routing"),
-        routing={"max_replication_lag_ms": 60000},
-    ) as process:
-        wait_readable(process, [r.name for r in sandbox.replicas])
-        yield process
 
 
 @pytest.fixture

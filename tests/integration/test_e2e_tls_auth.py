@@ -22,7 +22,9 @@ import pytest
 from pymysql.cursors import SSCursor
 
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.integration.test_e2e_core import (
+from tests.support.baton_process import BatonProcess
+from tests.support.certs import CertFiles, self_signed_cert
+from tests.support.clients import (
     AUTH_PLUGINS,
     MiB,
     RssSampler,
@@ -30,8 +32,6 @@ from tests.integration.test_e2e_core import (
     launch_baton,
     pymysql_connect,
 )
-from tests.support.baton_process import BatonProcess
-from tests.support.certs import CertFiles, self_signed_cert
 
 StartBaton = Callable[..., BatonProcess]
 BACKEND_UNREACHABLE = 9100  # proxy/errors.py

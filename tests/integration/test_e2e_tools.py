@@ -8,7 +8,6 @@ statements (sysbench prepares every statement).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
-from tests.integration.test_e2e_core import (
+from tests.support.baton_process import BatonProcess
+from tests.support.clients import (
     AUTH_PLUGINS,
     launch_baton,
+    mariadb_cli,
     one_auth_plugin,
     scratch_table,
+    tool_path,
 )
-from tests.support.baton_process import BatonProcess
 
 
 @pytest.fixture(scope="module", params=AUTH_PLUGINS)
@@ -36,36 +37,6 @@ def proxy(
         sandbox, tmp_path_factory.mktemp("baton-tools"), proxy={"auth_plugin": request.param}
     ) as process:
         yield process
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def mariadb_cli(
-    proxy: BatonProcess, *args: str, script: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """`mariadb` against Baton in batch mode (tab-separated output, no boxes); ``script`` is
-    fed on stdin, where --force goes on after an error (it does not with -e)."""
-    return subprocess.run(
-        [
-            _tool("mariadb"),
-            "-h127.0.0.1",
-            f"-P{proxy.proxy_port}",
-            "-uapp",
-            "-papp",
-            "--batch",
-            "--skip-ssl",
-            *args,
-        ],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # --- mariadb client --------------------------------------------------------------------------
@@ -133,7 +104,7 @@ def test_mariadb_cli_local_infile_of_a_missing_file(
 def test_mysqlslap_fifty_concurrent_clients(proxy: BatonProcess) -> None:
     result = subprocess.run(
         [
-            _tool("mysqlslap"),
+            tool_path("mysqlslap"),
             "-h127.0.0.1",
             f"--port={proxy.proxy_port}",
             "--user=app",
@@ -164,7 +135,7 @@ def _sysbench_stat(output: str, name: str) -> int:
 def test_sysbench_oltp_read_write_sixteen_threads(
     proxy: BatonProcess, sandbox: ReplicationSandbox
 ) -> None:
-    sysbench = _tool("sysbench")
+    sysbench = tool_path("sysbench")
     # Uniform row choice: sysbench's default hot-spot distribution makes InnoDB deadlocks (which
     # sysbench counts as "ignored errors") happen even when connected straight to the server.
     common = [

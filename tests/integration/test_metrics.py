@@ -10,36 +10,16 @@ from typing import Any
 
 import pymysql
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.sandbox import ReplicationSandbox
 from proxy.stats import LATENCY_BUCKETS, Stats
-from tests.integration.test_admin import app_connect
 from tests.support.baton_process import BatonProcess, admin_rows
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def scrape(proc: BatonProcess) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=10) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = resp.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
+from tests.support.clients import app_connect
+from tests.support.prometheus import Samples, scrape, value
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    matches = [v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())]
-    assert len(matches) == 1, f"{name}{labels}: {matches}"
-    return matches[0]
 
 
 # --- pure ------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pymysql
 import pytest
 
 from proxy.sandbox import ReplicationSandbox, free_ports
-from tests.integration.test_admin import admin_stat, app_connect
 from tests.support.baton_process import BatonProcess, _accepts, admin_rows, wait_for
+from tests.support.clients import admin_stat, app_connect
 
 
 class Load:
