@@ -206,6 +206,8 @@ class UserConfig:
     name: str
     password: str | None = field(default=None, repr=False, metadata=_SECRET)
     password_hash: str | None = field(default=None, repr=False, metadata=_SECRET)
+    max_connections: int = 0  # client sessions of this user at once; 0 = unlimited
+    max_backend_connections: int = 0  # its share of each backend's pool; 0 = the whole pool
 
     @property
     def native_hash(self) -> bytes:
@@ -698,7 +700,7 @@ def _check_native_hash(value: str) -> None:
         )
 
 
-def _read_user(t: _Table) -> UserConfig:
+def _read_user(t: _Table, proxy: ProxyConfig) -> UserConfig:
     name = t.text("name", nonempty=True, check=_check_user_name)
     has_password, has_hash = t.present("password"), t.present("password_hash")
     password = t.text("password", secret=True, nonempty=True) if has_password else None
@@ -712,8 +714,24 @@ def _read_user(t: _Table) -> UserConfig:
             "given; set exactly one",
         )
     return UserConfig(
-        name=name, password=password, password_hash=password_hash.upper() if password_hash else None
+        name=name,
+        password=password,
+        password_hash=password_hash.upper() if password_hash else None,
+        max_connections=t.integer("max_connections", minimum=0),
+        max_backend_connections=_backend_share(t, proxy),
     )
+
+
+def _backend_share(t: _Table, proxy: ProxyConfig) -> int:
+    share = t.integer("max_backend_connections", minimum=0)
+    if share > proxy.max_backend_connections:
+        t.report(
+            t.key("max_backend_connections"),
+            f"must be <= [proxy] max_backend_connections ({proxy.max_backend_connections}), "
+            f"the size of each backend's pool that this is a share of; got {share}",
+        )
+        return 0
+    return share
 
 
 _SECTION_READERS: dict[str, Callable[[_Table, Path], Any]] = {
@@ -784,7 +802,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 
     routing = sections["routing"]
     backends = _read_list(document, "backends", lambda t: _read_backend(t, routing), report)
-    users = _read_list(document, "users", _read_user, report)
+    users = _read_list(document, "users", lambda t: _read_user(t, sections["proxy"]), report)
     _check_backends(backends, report)
     _check_unique("users", [u.name for u in users], report)
     _check_listeners(sections, report)
@@ -929,8 +947,19 @@ def describe(config: Config) -> str:
             f"  {b.name:<{width}}  {b.address:<{addr_width}}  {b.role:<7}  weight {b.weight}, "
             + ", ".join(traits)
         )
-    lines.append(f"users ({len(config.users)}): " + ", ".join(u.name for u in config.users))
+    lines.append(
+        f"users ({len(config.users)}): " + ", ".join(_user_summary(u) for u in config.users)
+    )
     return "\n".join(lines)
+
+
+def _user_summary(user: UserConfig) -> str:
+    limits = []
+    if user.max_connections:
+        limits.append(f"{user.max_connections} sessions max")
+    if user.max_backend_connections:
+        limits.append(f"{user.max_backend_connections} connections per backend")
+    return f"{user.name} ({', '.join(limits)})" if limits else user.name
 
 
 @dataclass(frozen=True, slots=True)
