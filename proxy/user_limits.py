@@ -9,6 +9,8 @@ Counts only, no I/O. The session calls ``try_open(user)`` once authentication su
 that fails to log in never counts, nor learns that the limit is reached), and ``close(name)``
 exactly once when a session that was admitted ends. The limit is read from the ``UserConfig`` at
 each login, so a reload applies to the next login; sessions already open are never cut.
+A refused client gets ``refusal.frame(seq)`` in place of the login's OK. The other limit,
+``max_backend_connections``, is the pool's: ``BackendPool.acquire(..., user_limit=...)``.
 """
 
 from __future__ import annotations

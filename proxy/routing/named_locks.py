@@ -22,7 +22,11 @@ the session holds it:
 - A GET_LOCK whose name is not a literal (``GET_LOCK(CONCAT('job', id), 0)``) pins the session
   until RELEASE_ALL_LOCKS or the connection is lost: names cannot be matched.
 
-Pure: no I/O, no clock. ``clear()`` is for a backend connection that was lost or reset.
+Pure: no I/O, no clock. A session holds one and, in place of ``Pin.GET_LOCK`` from ``pin`` /
+``unpin``: after each COM_QUERY, ``locks.apply(cls, ok, row)`` (row: read from the response
+collected when ``cls.lock_calls_exact``, else None) says whether it stays pinned where the
+statement ran; ``clear()`` when that backend connection is lost or reset (COM_RESET_CONNECTION,
+COM_CHANGE_USER), as the server then released its locks.
 """
 
 from __future__ import annotations
