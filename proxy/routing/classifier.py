@@ -36,9 +36,10 @@ is for ``proxy.routing.named_locks``: ``lock_calls`` lists the calls of GET_LOCK
 RELEASE_LOCK, RELEASE_ALL_LOCKS, IS_FREE_LOCK and IS_USED_LOCK whose name is a string
 literal (read with backslash escapes, like SET values; a statement whose two string readings
 disagree yields none), ``lock_names_unknown`` says a GET_LOCK name could not be read, and
-``lock_calls_exact`` says each call runs exactly once with its value in its own column. Reads of temporary tables are
-the router's business: it gets ``temp_table`` and ``dropped_tables``. A write longer
-than 64 KiB (a bulk load) is scanned for pins in its first 64 KiB only.
+``lock_calls_exact`` says each call runs exactly once with its value in its own column.
+Reads of temporary tables are the router's business: it gets ``temp_table`` and
+``dropped_tables``. A write longer than 64 KiB (a bulk load) is scanned for pins in its
+first 64 KiB only.
 
 Hints (``/* baton:master */``, ``/* baton:replica */``, ``/* baton:replica=db2 */``, any
 case) are honoured only in the comments before the first keyword; the first one wins.
@@ -166,7 +167,7 @@ class Classification:
     statement_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE (lower-case)
     reads_last_statement: bool = False  # SHOW WARNINGS, GET DIAGNOSTICS, @@warning_count
     parts: tuple[Classification, ...] = ()  # one per statement of a multi-statement
-    # Named locks (see "Named locks" below): calls with literal names, in statement order.
+    # Named locks (see the "named locks" section): literal-name calls, in statement order.
     lock_calls: tuple[LockCall, ...] = ()
     lock_calls_exact: bool = False  # each call runs once; SELECT: column i is call i's value
     lock_names_unknown: bool = False  # a GET_LOCK whose name is not a string literal
