@@ -254,6 +254,14 @@ def _codes(counts: dict[str, int]) -> str:
     return ", ".join(f"{n}x {code}" for code, n in sorted(counts.items())) or "0"
 
 
+def _added(run: RunResult, base: RunResult) -> str:
+    parts = []
+    for k in ("p50", "p95", "p99"):
+        a, b = run.latency_ms[k], base.latency_ms[k]
+        parts.append(f"{k} {_fmt(a - b if a is not None and b is not None else None, '+.2f')} ms")
+    return ", ".join(parts)
+
+
 def format_table(results: list[RunResult], args: argparse.Namespace, servers: list[str]) -> str:
     lines = [
         f"multiplex  (N={args.clients} clients, think {args.think:g}s, {args.duration}s per run, "
@@ -278,17 +286,10 @@ def format_table(results: list[RunResult], args: argparse.Namespace, servers: li
                 f"  {r.label}: statement errors {_codes(r.errors)}; "
                 f"login errors {_codes(r.login_errors)}"
             )
-    few, many = (results[1], results[2]) if len(results) == 3 else (None, None)
-    if few and many:
-        added = {
-            k: (many.latency_ms[k] - few.latency_ms[k])  # type: ignore[operator]
-            if many.latency_ms[k] is not None and few.latency_ms[k] is not None else None
-            for k in ("p50", "p95", "p99")
-        }
-        lines.append(
-            f"  wait added by pooling ({many.label} - {few.label}): "
-            + ", ".join(f"{k} {_fmt(v, '+.2f')} ms" for k, v in added.items())
-        )
+    if len(results) == 3:
+        direct, few, many = results
+        lines.append(f"  wait added by pooling ({many.label} - {few.label}): {_added(many, few)}")
+        lines.append(f"  added in all ({many.label} - {direct.label}): {_added(many, direct)}")
     expected = args.clients / (args.think + 0.001)
     lines.append(f"  offered load at N: about {expected:.0f} tx/s (N / think time)")
     return "\n".join(lines)
