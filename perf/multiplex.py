@@ -84,9 +84,14 @@ def run_client(client_id: int, plan: ClientPlan, stats: ClientStats) -> None:
         if conn is None:
             try:
                 conn = pymysql.connect(  # autocommit off: the DB-API default
-                    host="127.0.0.1", port=plan.port, user=USER, password=PASSWORD,
-                    database=DATABASE, connect_timeout=plan.connect_timeout,
-                    read_timeout=plan.read_timeout, write_timeout=plan.read_timeout,
+                    host="127.0.0.1",
+                    port=plan.port,
+                    user=USER,
+                    password=PASSWORD,
+                    database=DATABASE,
+                    connect_timeout=plan.connect_timeout,
+                    read_timeout=plan.read_timeout,
+                    write_timeout=plan.read_timeout,
                 )
                 with conn.cursor() as cur:
                     cur.execute("SET @mux_client = %s", (client_id,))
@@ -100,9 +105,7 @@ def run_client(client_id: int, plan: ClientPlan, stats: ClientStats) -> None:
         started = time.perf_counter()
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT v, @mux_client FROM mux WHERE id = %s", (rng.randrange(ROWS),)
-                )
+                cur.execute("SELECT v, @mux_client FROM mux WHERE id = %s", (rng.randrange(ROWS),))
                 row = cur.fetchone()
             conn.commit()
         except pymysql.MySQLError as exc:
@@ -198,8 +201,13 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def run(
-    label: str, target: str, port: int, clients: int, args: argparse.Namespace,
-    sandbox: ReplicationSandbox, proxy_pid: int | None,
+    label: str,
+    target: str,
+    port: int,
+    clients: int,
+    args: argparse.Namespace,
+    sandbox: ReplicationSandbox,
+    proxy_pid: int | None,
 ) -> RunResult:
     say(f"{label}: {clients} clients -> {target} :{port} for {args.duration}s")
     now = time.monotonic()
@@ -210,8 +218,11 @@ def run(
     with ConnectionSampler(sandbox, args.sample_ms / 1000) as sampler:
         for i in range(clients):
             plan = ClientPlan(
-                port=port, think=args.think, start_at=now + ramp * i / clients,
-                deadline=now + args.duration, connect_timeout=args.client_timeout,
+                port=port,
+                think=args.think,
+                start_at=now + ramp * i / clients,
+                deadline=now + args.duration,
+                connect_timeout=args.client_timeout,
                 read_timeout=args.client_timeout,
             )
             t = threading.Thread(target=run_client, args=(i + 1, plan, stats[i]), daemon=True)
@@ -312,24 +323,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--clients", type=int, default=200, help="N, clients through Baton (200)")
     p.add_argument(
-        "--backend-connections", type=int, default=20,
+        "--backend-connections",
+        type=int,
+        default=20,
         help="M, Baton's [proxy] max_backend_connections (20)",
     )
     p.add_argument("--think", type=float, default=1.0, help="seconds between transactions (1)")
     p.add_argument("--duration", type=int, default=20, help="seconds per run (20)")
     p.add_argument(
-        "--low-clients", type=int, default=None,
+        "--low-clients",
+        type=int,
+        default=None,
         help="n, clients of the direct and uncontended runs (default min(N, M))",
     )
     p.add_argument("--replicas", type=int, default=2, help="replicas in the topology (2)")
     p.add_argument("--sample-ms", type=int, default=200, help="backend connection sampling (200)")
     p.add_argument(
-        "--client-timeout", type=float, default=30.0,
+        "--client-timeout",
+        type=float,
+        default=30.0,
         help="PyMySQL connect/read timeout, s (30: longer than Baton's pool wait)",
     )
     p.add_argument(
-        "--baton-config-section", metavar="SECTION.KEY=VALUE", type=parse_override,
-        action="append", default=[], help="override Baton's config (repeatable)",
+        "--baton-config-section",
+        metavar="SECTION.KEY=VALUE",
+        type=parse_override,
+        action="append",
+        default=[],
+        help="override Baton's config (repeatable)",
     )
     args = p.parse_args(argv)
     if args.low_clients is None:
@@ -346,13 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         baton: BatonProcess | None = None
         try:
             sandbox.start()
-            say(f"MariaDB {mariadb_version()}: " + ", ".join(
-                f"{i.name} {i.address}" for i in sandbox.instances))
+            say(
+                f"MariaDB {mariadb_version()}: "
+                + ", ".join(f"{i.name} {i.address}" for i in sandbox.instances)
+            )
             prepare(sandbox)
             (port,) = free_ports(1)
             sections = override_sections(args.baton_config_section)
             sections["proxy"] = {
-                **sections.get("proxy", {}), "max_backend_connections": args.backend_connections
+                **sections.get("proxy", {}),
+                "max_backend_connections": args.backend_connections,
             }
             config = sandbox.config_toml(port, admin_port=0, metrics_port=0, **sections)
             baton = BatonProcess(config, Path(tmp) / "baton").start()
@@ -369,11 +393,18 @@ def main(argv: list[str] | None = None) -> int:
             say(format_table(results, args, servers))
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             path = RESULTS_DIR / f"multiplex-{stamp}.json"
-            path.write_text(json.dumps(
-                {"args": vars(args), "baton_config": config,
-                 "results": [asdict(r) for r in results]},
-                indent=2, default=str,
-            ) + "\n")
+            path.write_text(
+                json.dumps(
+                    {
+                        "args": vars(args),
+                        "baton_config": config,
+                        "results": [asdict(r) for r in results],
+                    },
+                    indent=2,
+                    default=str,
+                )
+                + "\n"
+            )
             (RESULTS_DIR / f"multiplex-{stamp}.baton.log").write_text(baton.log_text())
             say(f"\nresults: {path}")
         finally:

@@ -41,9 +41,7 @@ def test_unknown_schema_at_login_with_no_idle_connection(sandbox: ReplicationSan
     reason="issue 11 item 3: with an idle pooled connection the schema check runs COM_INIT_DB, "
     "and its 1049 becomes 9109 (StateRestoreError carries no server error)",
 )
-def test_unknown_schema_at_login_with_an_idle_pooled_connection(
-    sandbox: ReplicationSandbox, baton
-):
+def test_unknown_schema_at_login_with_an_idle_pooled_connection(sandbox: ReplicationSandbox, baton):
     proxy = baton(sandbox)
     conn = pymysql_connect(proxy)  # database "test": its connection goes back to the pool
     with conn.cursor() as cur:
