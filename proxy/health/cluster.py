@@ -204,6 +204,11 @@ class ClusterLink:
 
     async def _tick(self) -> None:
         """One heartbeat: say who we are, catch up with the stored topology, read the others."""
+        if not self.reachable:
+            await self._redis.ping()  # before the heartbeat: it must not say "unreachable"
+            self.reachable = True
+            self._outages += 1
+            log.info("cluster_joined channel=%s instance=%s", self.cfg.channel, self.instance_id)
         own = self.own_view()
         record = self.sealer.seal(
             "heartbeat", self.instance_id, own.epoch, address=own.address, master=own.master,
@@ -211,10 +216,6 @@ class ClusterLink:
             rejected=own.rejected,
         )
         await self._redis.set(self._heartbeat_key(self.instance_id), record, px=HEARTBEAT_TTL_MS)
-        if not self.reachable:
-            self.reachable = True
-            self._outages += 1
-            log.info("cluster_joined channel=%s instance=%s", self.cfg.channel, self.instance_id)
         await self._sync_topology()
         self.view = await self._read_view()
 
