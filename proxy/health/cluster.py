@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .events import Event, MasterPromoted
+from .events import Event, MasterLost, MasterPromoted
 from .signing import Record, Rejection, Sealer
 
 if TYPE_CHECKING:
@@ -209,6 +209,11 @@ class ClusterLink:
             self.reachable = True
             self._outages += 1
             log.info("cluster_joined channel=%s instance=%s", self.cfg.channel, self.instance_id)
+        await self._write_heartbeat()
+        await self._sync_topology()
+        self.view = await self._read_view()
+
+    async def _write_heartbeat(self) -> None:
         own = self.own_view()
         record = self.sealer.seal(
             "heartbeat", self.instance_id, own.epoch, address=own.address, master=own.master,
@@ -216,8 +221,14 @@ class ClusterLink:
             rejected=own.rejected,
         )
         await self._redis.set(self._heartbeat_key(self.instance_id), record, px=HEARTBEAT_TTL_MS)
-        await self._sync_topology()
-        self.view = await self._read_view()
+
+    async def _say_master_lost(self) -> None:
+        """At once, not at the next beat: another instance deciding whether the master is
+        dead reads this heartbeat, and must not wait a period for our (agreeing) view."""
+        try:
+            await self._write_heartbeat()
+        except Exception:  # noqa: BLE001 - the next beat tries again and reports Redis away
+            pass
 
     def _unreachable(self, exc: BaseException) -> None:
         if self.reachable:
@@ -289,11 +300,17 @@ class ClusterLink:
     # -- outgoing ---------------------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
-        """Bus subscriber: share our own promotions (not the ones Redis told us about)."""
+        """Bus subscriber: share our own promotions (not the ones Redis told us about), and a
+        lost master as soon as it is lost."""
         if isinstance(event, MasterPromoted) and event.source != "redis":
-            task = asyncio.ensure_future(self._publish(event))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._spawn(self._publish(event))
+        elif isinstance(event, MasterLost) and self.reachable:
+            self._spawn(self._say_master_lost())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _publish(self, event: MasterPromoted) -> None:
         message = self.sealer.seal(
