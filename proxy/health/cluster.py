@@ -393,7 +393,7 @@ class ClusterLink:
             except Exception as exc:  # noqa: BLE001 - the connection, not a message: retry
                 self._log_limited("listener", "cluster_listener_lost error=%r", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
             finally:
                 if pubsub is not None:
                     try:
