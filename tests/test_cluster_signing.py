@@ -16,8 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import REDIS_SECRET_ENV, ConfigError, RedisConfig, parse_config
-from proxy.health.cluster import decode_lease, encode_lease
-from proxy.health.signing import REJECTION_REASONS, Record, Rejection, Sealer
+from proxy.health.signing import (
+    REJECTION_REASONS,
+    Record,
+    Rejection,
+    Sealer,
+    decode_lease,
+    encode_lease,
+)
 
 SECRET = b"0123456789abcdef-shared"
 NOW = 1_800_000_000.0

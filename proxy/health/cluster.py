@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, MasterLost, MasterPromoted
-from .signing import Record, Rejection, Sealer
+from .signing import Record, Rejection, Sealer, decode_lease, encode_lease
 
 if TYPE_CHECKING:
     from ..config import RedisConfig
@@ -454,16 +454,6 @@ class ClusterLink:
         if now - self._logged_at.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._logged_at[key] = now
             log.warning(fmt, *args)
-
-
-def encode_lease(sealer: Sealer, instance: str, epoch: int) -> str:
-    """The failover lease's value: who holds it and the epoch its failover will create."""
-    return sealer.seal("lease", instance, epoch)
-
-
-def decode_lease(sealer: Sealer, raw: bytes | str | None) -> Record | Rejection:
-    """The holder and epoch of a lease value (`encode_lease`), or why it is not valid."""
-    return sealer.unseal(raw, "lease")
 
 
 def connect(cfg: RedisConfig) -> Any:

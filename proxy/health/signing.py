@@ -128,6 +128,17 @@ class Sealer:
         )
 
 
+def encode_lease(sealer: Sealer, instance: str, epoch: int) -> str:
+    """The failover lease's value: who holds it and the epoch its failover will create (a
+    fencing token). The one encoding of the lease: whoever writes or reads it uses this pair."""
+    return sealer.seal("lease", instance, epoch)
+
+
+def decode_lease(sealer: Sealer, raw: bytes | str | None) -> Record | Rejection:
+    """The holder and epoch of a lease value (`encode_lease`), or why it is not valid."""
+    return sealer.unseal(raw, "lease")
+
+
 def _mac(secret: bytes, body: Mapping[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(secret, _DOMAIN + canonical.encode(), hashlib.sha256).hexdigest()
