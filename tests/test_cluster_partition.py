@@ -67,11 +67,11 @@ class Namespace:
         """127.0.0.1:port inside the namespace reaches 127.0.0.1:port on the host."""
         host = subprocess.Popen(
             ["socat", f"TCP-LISTEN:{port},bind={self.host_ip},fork,reuseaddr",
-             f"TCP:127.0.0.1:{port}"], start_new_session=True)
+             f"TCP:127.0.0.1:{port}"], start_new_session=True, stderr=subprocess.DEVNULL)
         inside = subprocess.Popen(
             ["ip", "netns", "exec", self.name, "socat",
              f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"TCP:{self.host_ip}:{port}"],
-            start_new_session=True)
+            start_new_session=True, stderr=subprocess.DEVNULL)
         self.relays[port] = [host, inside]
 
     def drop_relay(self, port: int) -> None:

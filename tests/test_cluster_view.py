@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis as redis_client
 from baton_process import BatonProcess, admin_rows, wait_for
 from cluster_tools import WRITES_TABLE, Traffic, metric
 
@@ -26,6 +27,10 @@ pytestmark = pytest.mark.slow
 
 SECRET = "view-test-secret-0123456789abcdef"
 REPL = {"replication_user": "repl", "replication_password": "repl"}
+
+
+def server_client(server: RedisInstance) -> redis_client.Redis:
+    return redis_client.Redis(host="127.0.0.1", port=server.port)
 
 
 def cluster(proc: BatonProcess) -> list[dict[str, object]]:
@@ -89,6 +94,7 @@ def test_cluster_view_redis_outage_and_convergence(
             ok_before = traffic.ok
             wait_for(lambda: traffic.ok > ok_before + 30, 10, "traffic to go on without Redis")
         assert traffic.errors == [], traffic.errors[:5]
+        print(f"\n{traffic.ok} statements through 3 instances while Redis died, 0 errors")
         assert "cluster_disconnected" in a.log_text()
 
         # -- while Redis is away, a switchover through `a` only: b and c (manual) stay behind
@@ -108,6 +114,14 @@ def test_cluster_view_redis_outage_and_convergence(
             wait_for(lambda p=proc: {r["epoch"] for r in cluster(p)} == {2} and len(cluster(p)) == 3,
                      5, "SHOW CLUSTER to agree on epoch 2")
         assert cluster(a)[0]["failover"] == "active"
+        # Every listener subscribed again: a message on the channel reaches each instance.
+        client = server_client(server)
+        client.publish(redis["channel"], b"{not json")
+        for proc in procs:
+            wait_for(lambda p=proc: (metric(p, "baton_cluster_messages_rejected_total",
+                                            'reason="malformed"') or 0) >= 1, 10,
+                     "the message to be read (and rejected) after Redis came back")
+        client.close()
         with Traffic(procs) as traffic:
             wait_for(lambda: traffic.ok > 30, 10, "writes through all three to db2")
         assert traffic.errors == [], traffic.errors[:5]

@@ -234,7 +234,7 @@ def cluster_table(app: Baton) -> Table:
     rows = [
         (v.id, v.address, v.epoch, v.master, int(v.lease_holder), v.heartbeat_age_ms, v.failover,
          v.reason, v.rejected)
-        for v in (cluster.view or [cluster.own_view()])
+        for v in cluster.view
     ]
     return Table(CLUSTER_COLUMNS, rows)
 

@@ -112,7 +112,9 @@ class ClusterLink:
         self.published = 0
         self.rejected: Counter[str] = Counter()
         self.lease_holder: str | None = None
-        self.view: list[InstanceView] = []
+        # The others as their heartbeats said at the last beat, and our heartbeat's age then.
+        self._peers: list[InstanceView] = []
+        self._own_age: int | None = None
         self._logged_at: dict[str, float] = {}
         self._refused_at: dict[tuple[str, int], float] = {}
 
@@ -211,7 +213,7 @@ class ClusterLink:
             log.info("cluster_joined channel=%s instance=%s", self.cfg.channel, self.instance_id)
         await self._write_heartbeat()
         await self._sync_topology()
-        self.view = await self._read_view()
+        self._own_age, self._peers = await self._read_view()
 
     async def _write_heartbeat(self) -> None:
         own = self.own_view()
@@ -235,10 +237,16 @@ class ClusterLink:
             log.warning("cluster_disconnected error=%r (automatic failover suspended)", exc)
         self.reachable = False
         self.lease_holder = None
-        self.view = [self.own_view()]
+        self._own_age, self._peers = None, []
 
-    async def _read_view(self) -> list[InstanceView]:
-        """Every instance with a live heartbeat (this one from its own state)."""
+    @property
+    def view(self) -> list[InstanceView]:
+        """Every live instance, by id: this one as it is now, the others as of the last beat
+        (at most HEARTBEAT_PERIOD_S old, plus their own heartbeat's age)."""
+        return sorted([self.own_view(self._own_age), *self._peers], key=lambda v: v.id)
+
+    async def _read_view(self) -> tuple[int | None, list[InstanceView]]:
+        """Our heartbeat's age and the other instances with a live heartbeat, read now."""
         raw_lease = await self._redis.get(self._lock_key)
         lease = self._accept(decode_lease(self.sealer, raw_lease)) if raw_lease else None
         self.lease_holder = lease.instance if lease is not None else None
@@ -265,7 +273,7 @@ class ClusterLink:
                 heartbeat_age_ms=age, failover=f["failover"], reason=f["reason"],
                 rejected=f["rejected"],
             ))
-        return sorted([self.own_view(own_age), *views], key=lambda v: v.id)
+        return own_age, views
 
     async def _sync_topology(self) -> None:
         """The highest valid epoch wins: adopt the stored one if newer, else store ours."""
@@ -356,7 +364,7 @@ class ClusterLink:
         master, epoch = topo.master, topo.epoch
         deadline = time.monotonic() + VETO_WAIT_S
         while True:
-            peers = [v for v in await self._read_view() if v.id != self.instance_id]
+            _, peers = await self._read_view()
             if any(v.epoch > epoch for v in peers):
                 log.info("cluster_failover_by_other reason=%r", "an instance is on a newer epoch")
                 return True
