@@ -960,7 +960,8 @@ def describe(config: Config) -> str:
     on = {True: "on", False: "off"}
     redis = "disabled"
     if config.redis.enabled:
-        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}"
+        signed = "signed" if config.redis.secret else "UNSIGNED: set secret"
+        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}  {signed}"
     lines = [
         f"Baton configuration from {config.source}",
         f"  proxy     {p.listen}  auth {p.auth_plugin}, client TLS {on[p.tls_enabled]}, "

@@ -3,7 +3,8 @@
 Proves: a sealed record round-trips; any change to a signed field, a missing or foreign
 signature, a stale or future timestamp, a wrong type or an unknown kind is rejected with its
 reason; arbitrary bytes or JSON never make the parser raise; without a secret unsigned records
-are accepted; and the loader reads the secret from the key, a file or the environment.
+are accepted; the loader reads the secret from the key, a file or the environment; and the
+other instances' heartbeats veto a failover when at least half of them still see the master.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import REDIS_SECRET_ENV, ConfigError, RedisConfig, parse_config
+from proxy.health.cluster import InstanceView, master_seen_up
 from proxy.health.signing import (
     REJECTION_REASONS,
     Record,
@@ -210,3 +212,32 @@ def test_redis_security_settings_are_checked(tmp_path: Path) -> None:
     assert (config.username, config.password, config.tls_ca) == (
         "baton", "pw", str(tmp_path / "ca.pem")
     )
+
+
+# --- the other instances' veto ------------------------------------------------------------------
+
+
+def peer(name: str, up: bool, epoch: int = 1, master: str = "db1") -> InstanceView:
+    return InstanceView(
+        id=name, address="", epoch=epoch, master=master, master_up=up, lease_holder=False,
+        heartbeat_age_ms=100, failover="active", reason="", rejected=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("peers", "vetoed_by"),
+    [
+        ([], []),  # alone: nobody to ask, the replicas decide
+        ([peer("b", True)], ["b"]),
+        ([peer("b", False)], []),
+        ([peer("b", True), peer("c", False)], ["b"]),  # half: still doubtful, no failover
+        ([peer("b", True), peer("c", False), peer("d", False)], []),
+        ([peer("b", True), peer("c", True), peer("d", False)], ["b", "c"]),
+        # Only instances on this epoch and master have an opinion on this master.
+        ([peer("b", True, epoch=0), peer("c", True, master="db2")], []),
+    ],
+)
+def test_master_seen_up_by_at_least_half_vetoes(
+    peers: list[InstanceView], vetoed_by: list[str]
+) -> None:
+    assert master_seen_up(peers, "db1", 1) == vetoed_by

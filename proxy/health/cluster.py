@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -258,10 +258,13 @@ class ClusterLink:
         answers = await pipe.execute() if keys else []
         own_age: int | None = None
         views = []
-        for raw, ttl in zip(answers[::2], answers[1::2], strict=True):
+        for key, raw, ttl in zip(keys, answers[::2], answers[1::2], strict=True):
             age = HEARTBEAT_TTL_MS - ttl if ttl is not None and ttl >= 0 else None
             beat = self._unseal(raw, "heartbeat") if raw is not None else None
             if beat is None:
+                continue
+            if _text(key) != self._heartbeat_key(beat.instance):  # a copy under another name
+                self._reject(Rejection("malformed", f"heartbeat of {beat.instance!r} at {key!r}"))
                 continue
             if beat.instance == self.instance_id:
                 own_age = age
@@ -358,8 +361,8 @@ class ClusterLink:
         return bool(got)
 
     async def _vetoed(self) -> bool:
-        """Whether the other live instances still see the master healthy: at least half of
-        those on our epoch and master, after waiting up to VETO_WAIT_S for them to notice."""
+        """Whether the other live instances forbid this failover: one is on a newer epoch
+        already, or `master_seen_up` still after VETO_WAIT_S (time for them to notice)."""
         topo = self._topology
         master, epoch = topo.master, topo.epoch
         deadline = time.monotonic() + VETO_WAIT_S
@@ -368,9 +371,8 @@ class ClusterLink:
             if any(v.epoch > epoch for v in peers):
                 log.info("cluster_failover_by_other reason=%r", "an instance is on a newer epoch")
                 return True
-            same = [v for v in peers if v.epoch == epoch and v.master == master]
-            up = [v.id for v in same if v.master_up]
-            if not up or 2 * len(up) < len(same):
+            up = master_seen_up(peers, master, epoch)
+            if not up:
                 return False
             if time.monotonic() >= deadline:
                 log.warning(
@@ -462,6 +464,19 @@ class ClusterLink:
         if now - self._logged_at.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._logged_at[key] = now
             log.warning(fmt, *args)
+
+
+def master_seen_up(peers: Sequence[InstanceView], master: str | None, epoch: int) -> list[str]:
+    """The instances whose heartbeats say `master` (of `epoch`) is up, if they are at least half
+    of the live instances on that epoch and master; else []. Enough to say that an instance
+    which lost the master is the one cut off, not the master dead."""
+    same = [v for v in peers if v.epoch == epoch and v.master == master]
+    up = [v.id for v in same if v.master_up]
+    return up if up and 2 * len(up) >= len(same) else []
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def connect(cfg: RedisConfig) -> Any:
