@@ -144,10 +144,12 @@ class ClusterLink:
                 self.cfg.channel,
             )
         try:
-            await self._tick()
+            newer = await asyncio.wait_for(self._tick(), REDIS_TIMEOUT_S * 2)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: run alone for now
             log.warning("cluster_unreachable url=%s error=%r (automatic failover suspended)",
                         _safe(self.cfg.url), exc)
+        else:
+            await self._catch_up(newer)  # before serving: a starting instance learns the master
         self._tasks = [asyncio.ensure_future(self._listen()), asyncio.ensure_future(self._beat())]
 
     async def stop(self) -> None:
@@ -198,22 +200,26 @@ class ClusterLink:
         while True:
             await asyncio.sleep(HEARTBEAT_PERIOD_S)
             try:
-                await asyncio.wait_for(self._tick(), REDIS_TIMEOUT_S * 2)
+                newer = await asyncio.wait_for(self._tick(), REDIS_TIMEOUT_S * 2)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: carry on alone, say so
                 self._unreachable(exc)
+                continue
+            await self._catch_up(newer)  # outside the timeout: it runs SQL on the servers
 
-    async def _tick(self) -> None:
-        """One heartbeat: say who we are, catch up with the stored topology, read the others."""
+    async def _tick(self) -> Record | None:
+        """One heartbeat: say who we are, store our topology if it is the newest, read the
+        others. Returns the stored topology when it is newer than ours, for `_catch_up`."""
         if not self.reachable:
             await self._redis.ping()  # before the heartbeat: it must not say "unreachable"
             self.reachable = True
             self._outages += 1
             log.info("cluster_joined channel=%s instance=%s", self.cfg.channel, self.instance_id)
         await self._write_heartbeat()
-        await self._sync_topology()
+        newer = await self._sync_topology()
         self._own_age, self._peers = await self._read_view()
+        return newer
 
     async def _write_heartbeat(self) -> None:
         own = self.own_view()
@@ -278,20 +284,33 @@ class ClusterLink:
             ))
         return own_age, views
 
-    async def _sync_topology(self) -> None:
-        """The highest valid epoch wins: adopt the stored one if newer, else store ours."""
+    async def _sync_topology(self) -> Record | None:
+        """The highest valid epoch wins: the stored topology if newer than ours (to adopt),
+        else ours is stored if newer (or the stored one is missing or invalid)."""
         raw = await self._redis.hget(self._state_key, "record")
         stored = self._unseal(raw, "topology") if raw is not None else None
         topo = self._topology
         if stored is not None and stored.epoch > topo.epoch:
-            key = (stored.fields["master"], stored.epoch)
-            now = time.monotonic()
-            if now - self._refused_at.get(key, -RETRY_REFUSED_S) >= RETRY_REFUSED_S:
-                if not await self._adopt(stored.fields["master"], stored.fields["old"],
-                                         stored.epoch, stored.instance):
-                    self._refused_at[key] = now
-        elif topo.master is not None and (stored is None or stored.epoch < topo.epoch):
+            return stored
+        if topo.master is not None and (stored is None or stored.epoch < topo.epoch):
             await self._store(topo.epoch, topo.master, None)
+        return None
+
+    async def _catch_up(self, stored: Record | None) -> None:
+        """Adopt a newer stored topology; one refused is tried again after RETRY_REFUSED_S."""
+        if stored is None or stored.epoch <= self._topology.epoch:
+            return
+        master, old = stored.fields["master"], stored.fields["old"]
+        now = time.monotonic()
+        if now - self._refused_at.get((master, stored.epoch), -RETRY_REFUSED_S) < RETRY_REFUSED_S:
+            return
+        try:
+            adopted = await self._adopt(master, old, stored.epoch, stored.instance)
+        except Exception:  # noqa: BLE001 - the heartbeat must go on; the next one retries
+            log.exception("cluster_catch_up_failed master=%s epoch=%d", master, stored.epoch)
+            adopted = False
+        if not adopted:
+            self._refused_at[(master, stored.epoch)] = now
 
     async def _store(self, epoch: int, master: str, old: str | None) -> bool:
         """Compare-and-set of the stored topology; False if a newer valid one is there."""
