@@ -161,10 +161,11 @@ class ClusterLink:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         if self._redis is not None:
-            try:
-                await self._redis.delete(self._heartbeat_key(self.instance_id))
-            except Exception:  # noqa: BLE001 - leaving anyway: the key expires
-                pass
+            if self.reachable:  # leave SHOW CLUSTER now rather than when the key expires
+                try:
+                    await self._redis.delete(self._heartbeat_key(self.instance_id))
+                except Exception:  # noqa: BLE001 - leaving anyway: the key expires
+                    pass
             await self._redis.aclose()
 
     # -- what this instance says about itself -----------------------------------------------------
