@@ -1,7 +1,7 @@
 """Redis messages are not trusted blindly (issue 9, item 4), on real Redis and MariaDB.
 
 Proves: with [redis] secret set, a PUBLISH naming a replica master that is unsigned, signed
-with another key or malformed, and an HSET of the stored topology with a bad signature, change
+with another key or malformed (or naming an unknown backend), and an HSET of the stored topology with a bad signature, change
 nothing (no read_only flips, writes keep flowing through every instance, the same master and
 epoch) and are counted (metrics, SHOW CLUSTER); the listener survives them. A correctly signed
 message (a mistaken instance) naming a read-only replica while the master is healthy is
@@ -67,6 +67,8 @@ def test_forged_messages_and_topology_change_nothing(
         client.publish(channel, forged_promotion(Sealer(b"not-the-cluster-secret"), replica, 51))
         for garbage in (b"{not json", b"[]", json.dumps({"type": "promoted", "epoch": "x"})):
             client.publish(channel, garbage)
+        # Well signed, but naming a backend this cluster does not have.
+        client.publish(channel, forged_promotion(Sealer(SECRET.encode()), "db9", 53))
         # The stored topology, overwritten with a bad signature and a far higher epoch.
         forged = Sealer(b"not-the-cluster-secret").seal("topology", "intruder", 99,
                                                         master=replica, old=None)
@@ -74,7 +76,8 @@ def test_forged_messages_and_topology_change_nothing(
                                                           "master": replica})
         for proc in (a, b):
             wait_for(lambda p=proc: rejected(p, "unsigned") >= 1 and rejected(p, "malformed") >= 3
-                     and rejected(p, "bad_signature") >= 1, 10, "the forged messages to be counted")
+                     and rejected(p, "bad_signature") >= 1 and rejected(p, "unknown_backend") >= 1,
+                     10, "the forged messages to be counted")
         # The forged topology: read (and rejected, then replaced) by at least one of them.
         wait_for(lambda: rejected(a, "bad_signature") + rejected(b, "bad_signature") >= 3, 10,
                  "the forged topology to be counted")
