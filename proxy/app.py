@@ -294,7 +294,7 @@ class Baton:
         if cfg.redis.enabled:
             from .health.cluster import ClusterLink
 
-            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover)
+            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover, address=cfg.proxy.listen)
             self.bus.subscribe(self.cluster.on_event)
             self.failover.failover_gate = self.cluster.take_failover_lock
             await self.cluster.start()

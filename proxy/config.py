@@ -174,6 +174,13 @@ class RedisConfig:
     url: str = field(default="", metadata=_SECRET)  # may carry a password
     channel: str = "baton"
     instance_id: str = ""  # "" = hostname:pid, filled in by whoever joins the channel
+    username: str = ""  # Redis ACL user ("" = the URL's, or none)
+    password: str = field(default="", metadata=_SECRET)
+    tls_ca: str = ""  # CA file verifying a rediss:// server ("" = the system CAs)
+    # HMAC key signing every record instances share; the loader fills it from secret_file or
+    # the BATON_REDIS_SECRET environment variable when the key itself is absent.
+    secret: str = field(default="", repr=False, metadata=_SECRET)
+    secret_file: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -291,6 +298,11 @@ RESTART_REQUIRED = frozenset(
         "redis.url",
         "redis.channel",
         "redis.instance_id",
+        "redis.username",
+        "redis.password",
+        "redis.tls_ca",
+        "redis.secret",
+        "redis.secret_file",
     }
 )
 
@@ -640,12 +652,59 @@ def _check_redis_url(value: str) -> None:
         )
 
 
+# Where the coordination secret comes from when neither secret nor secret_file is set, so
+# that it need not be written in config.toml at all.
+REDIS_SECRET_ENV = "BATON_REDIS_SECRET"
+MIN_SECRET_BYTES = 16
+
+
 def _read_redis(t: _Table, base: Path) -> RedisConfig:
+    url = t.text("url", secret=True, check=_check_redis_url)
+    tls_ca = t.text("tls_ca")
+    if tls_ca:
+        tls_ca = str(Path(tls_ca) if Path(tls_ca).is_absolute() else base / tls_ca)
+        if not os.access(tls_ca, os.R_OK):
+            t.report(t.key("tls_ca"), f"cannot read {tls_ca!r}")
+        elif urlsplit(url).scheme != "rediss":
+            t.report(t.key("tls_ca"), "set, but url is not a rediss:// URL (TLS is off)")
     return RedisConfig(
-        url=t.text("url", secret=True, check=_check_redis_url),
+        url=url,
         channel=t.text("channel", nonempty=True),
         instance_id=t.text("instance_id"),
+        username=t.text("username"),
+        password=t.text("password", secret=True),
+        tls_ca=tls_ca,
+        secret=_redis_secret(t, base),
+        secret_file=t.text("secret_file"),
     )
+
+
+def _redis_secret(t: _Table, base: Path) -> str:
+    """secret, else secret_file's content (outer whitespace stripped), else $BATON_REDIS_SECRET,
+    else "" (the cluster then runs unauthenticated, with a warning at start)."""
+    secret, path = t.text("secret", secret=True), t.text("secret_file")
+    if secret and path:
+        t.report(t.key("secret"), "both secret and secret_file are set; set one")
+        return ""
+    where = t.key("secret")
+    if path:
+        full = Path(path) if Path(path).is_absolute() else base / path
+        where = t.key("secret_file")
+        try:
+            secret = full.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            t.report(where, f"cannot read {str(full)!r}: {getattr(e, 'strerror', None) or e}")
+            return ""
+    elif not secret:
+        where, secret = f"{REDIS_SECRET_ENV} (environment)", os.environ.get(REDIS_SECRET_ENV, "")
+    if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+        t.report(
+            where,
+            f"a secret of at least {MIN_SECRET_BYTES} bytes is required, got "
+            f"{len(secret.encode())}; e.g. openssl rand -hex 32",
+        )
+        return ""
+    return secret
 
 
 def _read_log(t: _Table, base: Path) -> LogConfig:
@@ -919,7 +978,8 @@ def describe(config: Config) -> str:
     on = {True: "on", False: "off"}
     redis = "disabled"
     if config.redis.enabled:
-        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}"
+        signed = "signed" if config.redis.secret else "UNSIGNED: set secret"
+        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}  {signed}"
     lines = [
         f"Baton configuration from {config.source}",
         f"  proxy     {p.listen}  auth {p.auth_plugin}, client TLS {on[p.tls_enabled]}, "

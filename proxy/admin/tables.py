@@ -54,6 +54,14 @@ FAILOVER_COLUMNS = (
     "first_write_ms", "held", "retried", "failed", "steps", "error",
 )
 
+# One row per live Baton instance sharing [redis] channel (just this one without Redis).
+# failover: active | suspended | off (mode follow/manual); reason says why when not active;
+# rejected: coordination records that instance ignored (unsigned, bad signature, stale, ...).
+CLUSTER_COLUMNS = (
+    "id", "address", "epoch", "master", "lease_holder", "heartbeat_age_ms", "failover", "reason",
+    "rejected",
+)
+
 
 def _lag_ms(lag_s: float) -> int:
     """Lag in whole ms, rounded up: a replica over its limit by a fraction of a ms (LAGGING)
@@ -212,6 +220,25 @@ def failovers_table(app: Baton) -> Table:
     return Table(tuple(columns), rows)
 
 
+def cluster_table(app: Baton) -> Table:
+    cluster = app.cluster
+    if cluster is None:
+        mode = app.config.failover.mode
+        row = (
+            app.config.redis.instance_id or "local", app.config.proxy.listen,
+            app.topology.epoch, app.topology.master, 0, None,
+            "active" if mode == "auto" else "off",
+            "" if mode == "auto" else f"failover mode {mode}", 0,
+        )
+        return Table(CLUSTER_COLUMNS, [row])
+    rows = [
+        (v.id, v.address, v.epoch, v.master, int(v.lease_holder), v.heartbeat_age_ms, v.failover,
+         v.reason, v.rejected)
+        for v in cluster.view
+    ]
+    return Table(CLUSTER_COLUMNS, rows)
+
+
 def _scalar(value: object) -> Value:
     if value is None or isinstance(value, int | float | str):
         return int(value) if isinstance(value, bool) else value  # type: ignore[return-value]
@@ -269,6 +296,7 @@ QUERYABLE = {
     "clients": clients_table,
     "stats": stats_table,
     "failovers": failovers_table,
+    "cluster": cluster_table,
 }
 
 
