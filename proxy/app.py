@@ -27,7 +27,7 @@ from .protocol.handshake import Account
 from .routing.router import Router
 from .routing.session_state import SessionStateKeeper
 from .stats import Stats
-from .tls import client_context, server_context
+from .tls import backend_security, server_context
 
 log = logging.getLogger("baton")
 
@@ -109,13 +109,13 @@ class Baton:
                 self.pools.pop(name).close()
         for b in config.backends:
             pool = self.pools.get(b.name)
-            if pool is None or (pool.host, pool.port) != (b.host, b.port) or bool(pool.tls) != b.tls:
+            if pool is None or (pool.host, pool.port) != (b.host, b.port) or pool.security is not backend_security(b):
                 if pool is not None:
                     pool.close()
                 self.pools[b.name] = BackendPool(
                     b.name, b.host, b.port, config.proxy.max_backend_connections,
                     config.proxy.connect_timeout_ms / 1000, config.proxy.idle_backend_timeout_s,
-                    client_context() if b.tls else None, waiters_total=self.pool_waiters,
+                    backend_security(b), waiters_total=self.pool_waiters,
                     on_wait=self._release_idle_connection,
                 )
             else:
@@ -244,7 +244,7 @@ class Baton:
                 master.name, master.host, master.port,
                 Credentials(mon.user, mon.password.encode(), None),
                 timeout=self.config.proxy.connect_timeout_ms / 1000,
-                capabilities=int(SUPPORTED_CAPABILITIES),
+                capabilities=int(SUPPORTED_CAPABILITIES), security=backend_security(master),
             )
         except BackendError as exc:
             log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)

@@ -197,6 +197,27 @@ class BackendConfig:
     max_replication_lag_ms: int = 1000  # the loader fills in [routing]'s value when absent
     promotable: bool = True
     tls: bool = False
+    # Whom Baton trusts to be this server (see README "Security"). tls_verify defaults to
+    # true when tls_ca is set (the loader decides); without a CA it verifies against the
+    # system's trusted CAs.
+    tls_ca: str = ""
+    tls_verify: bool = False
+    tls_server_name: str = ""  # "" = the host of `address`
+    tls_cert: str = ""  # client certificate, for accounts that REQUIRE X509
+    tls_key: str = ""
+    # caching_sha2_password full authentication without verified TLS encrypts the password to
+    # this RSA public key (PEM file); asking the server for its key is refused unless allowed.
+    server_public_key: str = ""
+    get_server_public_key: bool = False
+
+    @property
+    def tls_settings(self) -> tuple[object, ...]:
+        """Everything that decides how a login to this server is protected: a change to any of
+        it means new connections (and a new TLS context)."""
+        return (
+            self.tls, self.tls_ca, self.tls_verify, self.tls_server_name or self.host,
+            self.tls_cert, self.tls_key, self.server_public_key, self.get_server_public_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +471,10 @@ class _Table:
 
         return self._get(name, check, minimum)
 
-    def flag(self, name: str) -> bool:
+    def flag(self, name: str, *, default: bool | None = None) -> bool:
+        if default is not None and name not in self._table:
+            return default
+
         def check(value: Any) -> bool:
             if type(value) is not bool:
                 raise _Invalid(f"expected true or false, got {_show(value)} ({_toml_type(value)})")
@@ -664,7 +688,7 @@ def _check_backend_name(value: str) -> None:
         )
 
 
-def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
+def _read_backend(t: _Table, routing: RoutingConfig, base: Path) -> BackendConfig:
     name = t.text("name", check=_check_backend_name)
     address, host, port = t.address("address")
     return BackendConfig(
@@ -678,8 +702,70 @@ def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
             "max_replication_lag_ms", minimum=0, default=routing.max_replication_lag_ms
         ),
         promotable=t.flag("promotable"),
-        tls=t.flag("tls"),
+        **_read_backend_security(t, base),
     )
+
+
+def _read_backend_security(t: _Table, base: Path) -> dict[str, Any]:
+    """The TLS and RSA-key keys of a backend; files are read now so a wrong path fails here."""
+    tls = t.flag("tls")
+    tls_ca = _readable_path(t, "tls_ca", base)
+    tls_verify = t.flag("tls_verify", default=bool(tls_ca))
+    tls_cert, tls_key = _check_tls(t, t.text("tls_cert"), t.text("tls_key"), base)
+    tls_server_name = t.text("tls_server_name")
+    server_public_key = _readable_path(t, "server_public_key", base)
+    if server_public_key:
+        _check_public_key(t, server_public_key)
+    if not tls:
+        given = {"tls_ca": tls_ca, "tls_verify": tls_verify, "tls_server_name": tls_server_name,
+                 "tls_cert": tls_cert}
+        for name, value in given.items():
+            if value:
+                t.report(t.key(name), f"{name} is set but tls is false; set tls = true to use it")
+    if tls_ca:
+        try:
+            ssl.create_default_context(cafile=tls_ca)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            t.report(t.key("tls_ca"), f"cannot load CA certificates from {tls_ca!r} ({e}); "
+                     "expected a PEM file of one or more certificates")
+    return {
+        "tls": tls,
+        "tls_ca": tls_ca,
+        "tls_verify": tls_verify,
+        "tls_server_name": tls_server_name,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "server_public_key": server_public_key,
+        "get_server_public_key": t.flag("get_server_public_key"),
+    }
+
+
+def _readable_path(t: _Table, name: str, base: Path) -> str:
+    """A file path key: relative to the config file's directory; reported if unreadable."""
+    value = t.text(name)
+    if not value:
+        return ""
+    path = str(Path(value) if Path(value).is_absolute() else base / value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        t.report(t.key(name), f"cannot read {path!r}: {e.strerror or e}")
+        return ""
+    return path
+
+
+def _check_public_key(t: _Table, path: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (ValueError, TypeError) as e:
+        t.report(t.key("server_public_key"), f"{path!r} is not a PEM public key ({e})")
+        return
+    if not isinstance(key, rsa.RSAPublicKey):
+        t.report(t.key("server_public_key"), f"{path!r} is not an RSA public key")
 
 
 _NATIVE_HASH = re.compile(r"\*[0-9A-Fa-f]{40}")
@@ -783,7 +869,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         table.finish()
 
     routing = sections["routing"]
-    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing), report)
+    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing, base), report)
     users = _read_list(document, "users", _read_user, report)
     _check_backends(backends, report)
     _check_unique("users", [u.name for u in users], report)

@@ -308,7 +308,14 @@ class ClientHandshake:
     charset: int = CHARSET_UTF8MB4_GENERAL_CI
     attributes: dict[str, str] = field(default_factory=dict)
     use_tls: bool = False
+    # The TLS layer checks the server's certificate and name: only then may the plain password
+    # go over it (caching_sha2 full authentication).
+    tls_verified: bool = False
+    # Without verified TLS the password goes RSA-encrypted: to this pinned key (PEM), or, only
+    # when get_server_public_key, to whatever key the server sends (MySQL's
+    # --get-server-public-key: anyone on the path can send theirs).
     server_public_key: bytes | None = None
+    get_server_public_key: bool = False
 
     def __post_init__(self) -> None:
         self._state = _CliState.GREETING
@@ -414,13 +421,30 @@ class ClientHandshake:
         if data == b"\x04":  # full authentication
             if self.password is None:
                 raise ProtocolError("backend wants the plain password, which Baton does not know")
-            if self._tls:
-                return [Send(frame(self.password + b"\0", seq + 1))]
-            if self.server_public_key:
-                return [Send(frame(self._rsa(self.server_public_key), seq + 1))]
-            self._state = _CliState.SHA2_KEY
-            return [Send(frame(b"\x02", seq + 1))]
+            return self._full_auth(seq)
         raise ProtocolError("unexpected auth-more-data from backend")
+
+    def _full_auth(self, seq: int) -> list[object]:
+        """caching_sha2 full authentication: the password itself, only where no one on the
+        path can read it."""
+        if self._tls:
+            if not self.tls_verified:
+                raise ProtocolError(
+                    "backend asks for the plain password (caching_sha2 full authentication) "
+                    "over TLS that does not verify the server; refused: set tls_ca (or "
+                    "tls_verify = true) for this backend"
+                )
+            return [Send(frame(self.password + b"\0", seq + 1))]  # type: ignore[operator]
+        if self.server_public_key:
+            return [Send(frame(self._rsa(self.server_public_key), seq + 1))]
+        if not self.get_server_public_key:
+            raise ProtocolError(
+                "backend asks for the password (caching_sha2 full authentication) without TLS; "
+                "refused: set server_public_key to the server's RSA public key, use verified "
+                "TLS, or allow get_server_public_key"
+            )
+        self._state = _CliState.SHA2_KEY
+        return [Send(frame(b"\x02", seq + 1))]
 
     def _rsa(self, pem: bytes) -> bytes:
         assert self.password is not None
