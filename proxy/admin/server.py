@@ -10,8 +10,9 @@ Commands run one after another per session, in a task, because PROMOTE and SWITC
 for the failover module; the proxy's own sessions never wait on the admin port.
 
 ``OperatorListener`` is the listener life cycle shared with the metrics endpoint: bind when the
-section's ``listen`` is set, follow a reload that changes it (new address bound first, old one
-closed after; a failed bind keeps the old one), close on shutdown.
+section's ``listen`` is set, follow a reload that changes it (``proxy.listeners``: the new
+address is bound before the reload commits; a failed bind refuses the reload), close on
+shutdown.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import errors
-from ..config import Config
+from ..listeners import Listener
 from ..protocol import auth
 from ..protocol.constants import (
     NATIVE_PASSWORD,
@@ -61,51 +62,15 @@ _STATUS = int(ServerStatus.AUTOCOMMIT)
 _BINARY_CHARSET = 63
 
 
-class OperatorListener:
-    """A listener on ``[<section>] listen`` that follows config reloads."""
+class OperatorListener(Listener):
+    """A listener on ``[<section>] listen``; reloads move it through ``proxy.listeners``."""
 
     def __init__(self, app: Baton, section: str, factory: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__(section, factory)
         self.app = app
-        self.section = section
-        self.factory = factory
-        self.server: asyncio.base_events.Server | None = None
-        self.listen = ""
-        self.log = logging.getLogger(f"baton.{section}")
-        app.reload_hooks.append(self._on_reload)
 
     async def start(self) -> None:
-        cfg = getattr(self.app.config, self.section)
-        if cfg.enabled:
-            await self._bind(cfg)
-
-    async def _bind(self, cfg: object) -> None:
-        server = await self.app.loop.create_server(
-            self.factory, cfg.host, cfg.port, reuse_address=True  # type: ignore[attr-defined]
-        )
-        old, self.server = self.server, server
-        if old is not None:
-            old.close()
-        self.listen = cfg.listen  # type: ignore[attr-defined]
-        self.log.info("%s_listening address=%s", self.section, self.listen)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        self.listen = ""
-
-    async def _on_reload(self, old: Config, new: Config) -> None:
-        cfg = getattr(new, self.section)
-        if cfg.listen == self.listen:
-            return
-        if not cfg.enabled:
-            self.log.info("%s_closed reason=%r", self.section, "disabled by reload")
-            self.close()
-            return
-        try:
-            await self._bind(cfg)
-        except OSError as exc:
-            self.log.error("%s_rebind_failed address=%s error=%r keeping=%s", self.section, cfg.listen, exc, self.listen)
+        await self.start_listening(self.app.config)
 
 
 class AdminServer(OperatorListener):
