@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .net import tcp_nodelay
@@ -58,8 +58,8 @@ class ResponseSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class Credentials:
     user: str
-    password: bytes | None
-    stage1: bytes | None  # SHA1(password): enough for mysql_native_password
+    password: bytes | None = field(repr=False)
+    stage1: bytes | None = field(repr=False)  # SHA1(password): enough for mysql_native_password
 
 
 @dataclass(slots=True)

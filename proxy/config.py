@@ -171,7 +171,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    url: str = field(default="", metadata=_SECRET)  # may carry a password
+    url: str = field(default="", repr=False, metadata=_SECRET)  # may carry a password
     channel: str = "baton"
     instance_id: str = ""  # "" = hostname:pid, filled in by whoever joins the channel
 
@@ -874,6 +874,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
     _check_backends(backends, report)
     _check_unique("users", [u.name for u in users], report)
     _check_listeners(sections, report)
+    _check_admin_credentials(sections["admin"], report)
     if errors:
         raise ConfigError(errors)
     return Config(backends=backends, users=users, source=source, **sections)
@@ -975,6 +976,34 @@ def _check_listeners(sections: dict[str, Any], report: Callable[[str, str], None
                     "give each listener its own port",
                 )
         taken.append((name, section.host, section.port))
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a listener on ``host`` (a name other than localhost may
+    resolve to anything; a wildcard listens everywhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_admin_credentials(admin: AdminConfig, report: Callable[[str, str], None]) -> None:
+    """The admin console can promote, kill and shut down: off loopback, its password must be
+    neither empty nor the well-known default."""
+    if not admin.enabled or is_loopback(admin.host):
+        return
+    default = AdminConfig().password
+    weak = "an empty password" if not admin.password else (
+        f"the default password {default!r}" if admin.password == default else ""
+    )
+    if weak:
+        report(
+            "admin.password",
+            f"admin.listen {admin.listen!r} is not a loopback address and the admin console "
+            f"has {weak}; set a strong admin.password, or listen on 127.0.0.1",
+        )
 
 
 # --------------------------------------------------------------------------------------------

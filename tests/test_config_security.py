@@ -62,3 +62,60 @@ def test_server_public_key_must_be_an_rsa_public_key(tmp_path: Path) -> None:
     [error] = errors_of(backend(server_public_key=str(certs.key)) + USER, source)
     assert error.startswith(f"{source}: backends[0].server_public_key: ")
     assert "not a PEM public key" in error
+
+
+ADMIN_PUBLIC = '[admin]\nlisten = "{listen}"\n'
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:6032", "[::]:6032", "192.0.2.10:6032",
+                                    "admin.example:6032"])
+@pytest.mark.parametrize("password", ["admin", ""])
+def test_admin_off_loopback_refuses_default_or_empty_password(listen: str, password: str) -> None:
+    text = ADMIN_PUBLIC.format(listen=listen)
+    text += f'password = "{password}"\n' if password != "admin" else ""  # "admin" is the default
+    [error] = errors_of(text + backend() + USER, "/etc/baton/baton.toml")
+    assert error.startswith("/etc/baton/baton.toml: admin.password: ")
+    assert repr(listen) in error and "not a loopback address" in error
+    assert ("an empty password" if not password else "the default password 'admin'") in error
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:6032", "127.8.9.1:6032", "[::1]:6032",
+                                    "localhost:6032", ""])
+def test_admin_on_loopback_or_off_may_keep_the_default(listen: str) -> None:
+    config = parse_config(ADMIN_PUBLIC.format(listen=listen) + backend() + USER)
+    assert config.admin.password == "admin"
+
+
+def test_admin_off_loopback_with_a_real_password_is_fine() -> None:
+    text = ADMIN_PUBLIC.format(listen="0.0.0.0:6032") + 'password = "s3cret-Admin"\n'
+    assert parse_config(text + backend() + USER).admin.host == "0.0.0.0"
+
+
+def test_reprs_of_credential_holders_never_show_secrets() -> None:
+    from proxy.backend import Credentials
+    from proxy.protocol.handshake import Account, Authenticated, ClientHandshake, ServerHandshake
+
+    text = (
+        '[admin]\npassword = "adm-SECRET1"\n[monitor]\npassword = "mon-SECRET2"\n'
+        '[failover]\nreplication_user = "repl"\nreplication_password = "rep-SECRET3"\n'
+        '[redis]\nurl = "redis://:red-SECRET4@127.0.0.1:6379/0"\n'
+        + backend() + '[[users]]\nname = "app"\npassword = "app-SECRET5"\n'
+        '[[users]]\nname = "h"\npassword_hash = "*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3"\n'
+    )
+    config = parse_config(text)
+    secret = b"pw-SECRET6"
+    stage1 = auth.native_stage1(secret)
+    objects: list[object] = [
+        config, config.admin, config.monitor, config.failover, config.redis, *config.users,
+        Credentials("app", secret, stage1),
+        Account("app", auth.native_stage2(secret), secret),
+        Authenticated("app", None, 0, 45, 0, {}, stage1, secret, 2),
+        ClientHandshake("app", secret, stage1),
+        ServerHandshake("v", 1, lambda n: None, sha2_cache={"app": (b"s2", stage1)}),
+    ]
+    shown = "".join(repr(o) for o in objects)
+    for n in range(1, 7):
+        assert f"SECRET{n}" not in shown, n
+    for hidden in (stage1, auth.native_stage2(secret), secret):
+        assert repr(hidden)[2:-1] not in shown and hidden.hex() not in shown
+    assert "5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3" not in shown

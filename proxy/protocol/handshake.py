@@ -70,8 +70,8 @@ class Account:
     """What the server side needs to know about a user to check a password."""
 
     name: str
-    native_stage2: bytes
-    password: bytes | None = None  # known only when configured in plain text
+    native_stage2: bytes = field(repr=False)
+    password: bytes | None = field(default=None, repr=False)  # known only when configured in plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +82,8 @@ class Authenticated:
     charset: int
     max_packet: int
     attributes: dict[str, str]
-    stage1: bytes | None  # SHA1(password): lets Baton answer a backend's native challenge
-    password: bytes | None  # the password itself, when the exchange revealed it
+    stage1: bytes | None = field(repr=False)  # SHA1(password): answers a backend's native challenge
+    password: bytes | None = field(repr=False)  # the password itself, when the exchange revealed it
     seq: int  # sequence id for the final OK packet
 
 
@@ -111,12 +111,12 @@ class ServerHandshake:
     client_host: str = "localhost"
     auth_plugin: str = NATIVE_PASSWORD
     tls_available: bool = False
-    rsa_key: rsa.RSAPrivateKey | None = None
+    rsa_key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
     capabilities: int = int(SUPPORTED_CAPABILITIES)
     charset: int = CHARSET_UTF8MB4_GENERAL_CI
     nonce: bytes = field(default_factory=random_nonce)
     # Verified caching_sha2 logins of hash-only users, so the next login can take the fast path.
-    sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.tls_available:
@@ -301,8 +301,9 @@ class ClientHandshake:
     """Baton logging into a backend with a user's credentials."""
 
     user: str
-    password: bytes | None = None
-    stage1: bytes | None = None  # enough for mysql_native_password when the password is unknown
+    password: bytes | None = field(default=None, repr=False)
+    # enough for mysql_native_password when the password is unknown
+    stage1: bytes | None = field(default=None, repr=False)
     database: str | None = None
     capabilities: int = int(SUPPORTED_CAPABILITIES)
     charset: int = CHARSET_UTF8MB4_GENERAL_CI
