@@ -211,10 +211,52 @@ def test_caching_sha2_fast_path() -> None:
     assert actions[-1].password == PASSWORD
 
 
-def test_caching_sha2_fast_path_wrong_password() -> None:
+def test_caching_sha2_fast_path_wrong_password_falls_back_to_full_auth() -> None:
+    """As MySQL: a scramble that does not match asks for the password itself, which is then
+    checked (and wrong); the same exchange as for an unknown or hash-only user."""
     hs = server(known(), auth_plugin=CACHING_SHA2_PASSWORD)
-    [failed] = hs.receive(1, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    actions = hs.receive(1, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    assert sent(actions) == [(2, b"\x01\x04")]
+    [failed] = hs.receive(3, b"\x02")  # no RSA key and no TLS: nothing to send the password on
     assert isinstance(failed, Failed) and failed.error.code == 1045
+
+
+def test_caching_sha2_full_auth_after_a_wrong_scramble_checks_the_password() -> None:
+    hs = server(known(), auth_plugin=CACHING_SHA2_PASSWORD, tls_available=True)
+    hs.receive(1, encode_ssl_request(CLIENT_CAPS, 45))
+    hs.receive(2, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    [ok] = hs.receive(4, PASSWORD + b"\0")
+    assert isinstance(ok, Authenticated) and ok.password == PASSWORD
+
+
+def _sha2_exchange(account: Account | None, rsa_key: object, tls: bool) -> list[object]:
+    """What a client guessing a password sees from Baton, packet by packet."""
+    hs = server(*([account] if account else []), auth_plugin=CACHING_SHA2_PASSWORD,
+                rsa_key=rsa_key, tls_available=tls)
+    seq = 1
+    if tls:
+        hs.receive(seq, encode_ssl_request(CLIENT_CAPS, 45))
+        seq += 1
+    seen: list[object] = [sent(hs.receive(seq, login_payload(hs.nonce, password=b"guess",
+                                                               plugin=CACHING_SHA2_PASSWORD)))]
+    if tls:
+        final = hs.receive(seq + 2, b"guess\0")
+    else:
+        [(_, key)] = sent(hs.receive(seq + 2, b"\x02"))
+        seen.append(key)
+        final = hs.receive(seq + 4, auth.rsa_encrypt_password(b"guess", hs.nonce, key[1:]))
+    [failed] = final
+    assert isinstance(failed, Failed)
+    seen.append((failed.error.code, failed.error.sqlstate, failed.error.message, hs.failure_bytes))
+    return seen
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_caching_sha2_does_not_reveal_which_users_exist(rsa_key, tls: bool) -> None:  # type: ignore[no-untyped-def]
+    """An unknown user, a user known only by hash and a user with a plain password get the
+    same bytes back, packet for packet, for the same guess."""
+    exchanges = [_sha2_exchange(a, rsa_key, tls) for a in (None, hash_only(), known())]
+    assert exchanges[0] == exchanges[1] == exchanges[2], exchanges
 
 
 def test_caching_sha2_full_auth_over_tls_then_fast_path_from_the_cache() -> None:

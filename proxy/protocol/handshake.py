@@ -87,6 +87,9 @@ class Authenticated:
     seq: int  # sequence id for the final OK packet
 
 
+_NO_ACCOUNT_STAGE2 = hashlib.sha1(os.urandom(20)).digest()  # matches no password
+
+
 def random_nonce() -> bytes:
     """20 printable-safe bytes: never NUL, since some clients treat the scramble as C string."""
     return bytes((b % 94) + 33 for b in os.urandom(20))
@@ -201,6 +204,8 @@ class ServerHandshake:
     def _verify(self, seq: int, response: bytes) -> list[object]:
         account = self._account
         if account is None:
+            if self._plugin == CACHING_SHA2_PASSWORD and response:
+                return self._full_auth(seq)  # as for a user whose scramble did not match
             return [self._deny(seq, bool(response))]
         if self._plugin == NATIVE_PASSWORD:
             if not response:
@@ -220,7 +225,7 @@ class ServerHandshake:
         if known is not None:
             if auth.verify_caching_sha2(auth.sha2_stage2(known), self.nonce, response):
                 return [Send(frame(b"\x01\x03", seq + 1)), self._success(seq + 1, None, known)]
-            return [self._deny(seq)]
+            return self._full_auth(seq)
         cached = self.sha2_cache.get(account.name)
         # Trust a cached entry only while it belongs to the account's current password: after a
         # reload changes the hash, the old password must not keep working through the cache.
@@ -230,13 +235,20 @@ class ServerHandshake:
             and auth.verify_caching_sha2(cached[0], self.nonce, response)
         ):
             return [Send(frame(b"\x01\x03", seq + 1)), self._success(seq + 1, cached[1], None)]
+        return self._full_auth(seq)
+
+    def _full_auth(self, seq: int) -> list[object]:
+        """caching_sha2: the fast path did not succeed, ask for the password itself. The same
+        answer whether the user is unknown, known only by hash, or sent a wrong scramble (as
+        MySQL does): the exchange must not reveal which user names exist."""
         self._state = _SrvState.SHA2_FULL
         return [Send(frame(b"\x01\x04", seq + 1))]
 
     def _check_plain(self, seq: int, password: bytes) -> list[object]:
         account = self._account
-        assert account is not None
-        if not hmac.compare_digest(auth.native_stage2(password), account.native_stage2):
+        # An unknown user costs the same hash and comparison as a known one.
+        stage2 = account.native_stage2 if account is not None else _NO_ACCOUNT_STAGE2
+        if not hmac.compare_digest(auth.native_stage2(password), stage2) or account is None:
             return [self._deny(seq)]
         if account.password is None:
             self.sha2_cache[account.name] = (auth.sha2_stage2(password), auth.native_stage1(password))
