@@ -46,6 +46,7 @@ from ..protocol.packets import (
     encode_terminator,
 )
 from ..protocol.wire import ProtocolError
+from ..throttle import LoginThrottle
 from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
 from .tables import Table
 
@@ -58,6 +59,10 @@ log = logging.getLogger("baton.admin")
 ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
 ADMIN_MAX_PACKET = 1 << 20
 LOGIN_TIMEOUT_S = 10.0
+# Failed admin logins allowed per client address in a sliding window; then the address is
+# refused before the greeting until its oldest failure leaves the window.
+ADMIN_MAX_LOGIN_FAILURES = 5
+ADMIN_LOGIN_WINDOW_S = 60.0
 _STATUS = int(ServerStatus.AUTOCOMMIT)
 _BINARY_CHARSET = 63
 
@@ -79,6 +84,7 @@ class AdminServer(OperatorListener):
     def __init__(self, app: Baton) -> None:
         super().__init__(app, "admin", lambda: AdminSession(app, self))
         self.sessions: set[AdminSession] = set()
+        self.throttle = LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S)
 
     def close(self) -> None:
         super().close()
@@ -93,6 +99,7 @@ class AdminSession(asyncio.Protocol):
         self.id = app.next_connection_id()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.address = ""  # the client host, which login throttling counts by
         self.reader = PacketReader(ADMIN_MAX_PACKET)
         self.hs: ServerHandshake | None = None
         self.user = ""
@@ -109,7 +116,17 @@ class AdminSession(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
         self.server.sessions.add(self)
+        retry_s = self.server.throttle.retry_after(self.address)
+        if retry_s:
+            log.warning("admin_login_throttled peer=%s retry_s=%d", self.peer, retry_s + 0.999)
+            error = errors.LOGIN_THROTTLED.frame(
+                0, host=self.address, failures=self.server.throttle.max_failures,
+                retry_s=int(retry_s + 0.999),
+            )
+            self._fatal(error, "too many failed logins")
+            return
         self.hs = ServerHandshake(
             server_version=self.app.server_version,
             connection_id=self.id,
@@ -160,6 +177,7 @@ class AdminSession(asyncio.Protocol):
             elif isinstance(action, Failed):
                 user = self.hs._response.user if self.hs._response else ""
                 log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
+                self.server.throttle.failed(self.address)
                 self._fatal(self.hs.failure_bytes, "authentication failed")
             elif isinstance(action, Authenticated):
                 self._authenticated(action)
@@ -170,6 +188,7 @@ class AdminSession(asyncio.Protocol):
         self.user = a.user
         self.capabilities = a.capabilities
         self.logged_in = True
+        self.server.throttle.succeeded(self.address)
         log.info("admin_login user=%s peer=%s", a.user, self.peer)
         self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), a.seq))
 
