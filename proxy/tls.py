@@ -13,7 +13,8 @@ The object also stands in for the transport, so forwarding code does not care.
 from __future__ import annotations
 
 import asyncio
-import functools
+import logging
+import os
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,14 +79,45 @@ class BackendSecurity:
 NO_TLS = BackendSecurity()
 
 
+log = logging.getLogger("baton.tls")
+
+# tls_settings -> (modification times of its files, what was built from them)
+_built: dict[tuple[Any, ...], tuple[tuple[int, ...], BackendSecurity]] = {}
+
+
 def backend_security(backend: BackendConfig) -> BackendSecurity:
-    """The same object for the same settings, so that callers can compare by identity and so
-    that the monitor does not re-read CA files at every probe."""
-    return _backend_security(backend.tls_settings)
+    """The same object for the same settings and files, so that callers can compare by
+    identity (a pool is rebuilt when it changes) and the monitor does not re-read files at
+    every probe. Replaced files (a rotated CA or certificate) are read again; if they cannot
+    be, the previous ones stay in use and the error is logged."""
+    settings = backend.tls_settings
+    stamps = _stamps(settings)
+    previous = _built.get(settings)
+    if previous is not None and previous[0] == stamps:
+        return previous[1]
+    try:
+        security = _build(settings)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        if previous is None:
+            raise
+        log.error("backend_tls_files_unusable backend=%s error=%r keeping=previous", backend.name, exc)
+        return previous[1]
+    _built[settings] = (stamps, security)
+    return security
 
 
-@functools.lru_cache(maxsize=256)
-def _backend_security(settings: tuple[Any, ...]) -> BackendSecurity:
+def _stamps(settings: tuple[Any, ...]) -> tuple[int, ...]:
+    _, ca, _, _, cert, key, public_key_path, _ = settings
+    stamps = []
+    for path in (ca, cert, key, public_key_path):
+        try:
+            stamps.append(os.stat(path).st_mtime_ns if path else 0)
+        except OSError:
+            stamps.append(-1)
+    return tuple(stamps)
+
+
+def _build(settings: tuple[Any, ...]) -> BackendSecurity:
     tls, ca, verify, server_name, cert, key, public_key_path, get_key = settings
     public_key = Path(public_key_path).read_bytes() if public_key_path else None
     if not tls:

@@ -11,16 +11,18 @@ never gets a caching_sha2 password in clear.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess
+from baton_process import BatonProcess, wait_for
 from certs import CertFiles, self_signed_cert
 
 from proxy.app import BACKEND_CAPABILITIES_BASE
@@ -30,7 +32,7 @@ from proxy.protocol.constants import CACHING_SHA2_PASSWORD, SUPPORTED_CAPABILITI
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.packets import Handshake, encode_handshake
 from proxy.sandbox import MariaDBInstance, ServerStartError, free_port, free_ports, toml_dumps
-from proxy.tls import BackendSecurity, backend_security
+from proxy.tls import BackendSecurity, backend_security, client_context, server_context
 
 
 class TLSMariaDB(MariaDBInstance):
@@ -144,6 +146,9 @@ def test_certificate_from_another_ca_is_refused_through_baton(
         code, message = caught.value.args
         assert code == 9100, message
         assert "server certificate not trusted" in message and "login not sent" in message
+        # The monitor's probes fail the same way, and the operator reads why in the log.
+        wait_for(lambda: "server certificate not trusted" in baton.log_text(), timeout=15,
+                 what="the monitor to log the refused certificate")
     finally:
         baton.stop()
 
@@ -180,6 +185,37 @@ def test_client_certificate_is_presented(server: TLSMariaDB, pki: dict[str, Cert
     with_cert = _security(tmp_path, _backend(server, tls=True, tls_ca=trusted,
                                              tls_cert=str(client.cert), tls_key=str(client.key)))
     assert _login(server.port, with_cert, "x509", "x509")[0][1].startswith(b"TLSv1.")
+
+
+def test_no_context_allows_renegotiation(pki: dict[str, CertFiles], tmp_path: Path) -> None:
+    trusted = pki["trusted"]
+    contexts = [
+        server_context(str(trusted.cert), str(trusted.key)),
+        client_context(),
+        client_context(True, str(trusted.cert), str(trusted.cert), str(trusted.key)),
+    ]
+    for ctx in contexts:
+        assert ctx.options & ssl.OP_NO_RENEGOTIATION
+        assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_a_rotated_ca_file_is_read_again(pki: dict[str, CertFiles], tmp_path: Path) -> None:
+    """Same settings and files: the same object (pools compare by identity). A replaced CA
+    file: a new context. A CA file that vanished: the previous context stays."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki["trusted"].cert.read_bytes())
+    backend = {"name": "db1", "address": "127.0.0.1:3306", "tls": True, "tls_ca": str(ca)}
+    first = _security(tmp_path, backend)
+    assert _security(tmp_path, backend) is first
+    ca.write_bytes(pki["trusted"].cert.read_bytes() + pki["rogue"].cert.read_bytes())
+    os.utime(ca, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    rotated = _security(tmp_path, backend)
+    assert rotated is not first and rotated.tls is not None
+    assert len(rotated.tls.get_ca_certs()) == 2
+    text = toml_dumps({"backends": [backend], "users": [{"name": "app", "password": "app"}]})
+    config = parse_config(text, str(tmp_path / "backend.toml"))
+    ca.unlink()
+    assert backend_security(config.backends[0]) is rotated
 
 
 # --- a man in the middle --------------------------------------------------------------------
