@@ -1039,7 +1039,7 @@ def describe(config: Config) -> str:
     for b in config.backends:
         traits = [f"max lag {b.max_replication_lag_ms} ms"]
         traits += ["promotable"] if b.promotable else ["never promoted"]
-        traits += ["TLS"] if b.tls else []
+        traits += [("TLS, verified" if b.tls_verify else "TLS, not verified")] if b.tls else []
         lines.append(
             f"  {b.name:<{width}}  {b.address:<{addr_width}}  {b.role:<7}  weight {b.weight}, "
             + ", ".join(traits)

@@ -23,7 +23,7 @@ from typing import Any
 import pymysql
 import pytest
 from baton_process import BatonProcess, wait_for
-from certs import CertFiles, self_signed_cert
+from certs import CertFiles, self_signed_cert, signed_cert
 
 from proxy.app import BACKEND_CAPABILITIES_BASE
 from proxy.backend import BackendError, Credentials, connect
@@ -53,11 +53,19 @@ class TLSMariaDB(MariaDBInstance):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CertFiles]:
+    """Two CAs, each with a server certificate for 127.0.0.1/localhost, and a client CA with
+    a client certificate. Baton is only ever told about a CA, never a leaf."""
     base = tmp_path_factory.mktemp("pki")
+    trusted = self_signed_cert(base / "trusted", "baton-test-ca")
+    rogue = self_signed_cert(base / "rogue", "someone-elses-ca")
+    client_ca = self_signed_cert(base / "client-ca", "baton-client-ca")
     return {
-        "trusted": self_signed_cert(base / "trusted", "baton-test-ca"),
-        "rogue": self_signed_cert(base / "rogue", "someone-else"),
-        "client": self_signed_cert(base / "client", "baton-client"),
+        "trusted": trusted,
+        "server": signed_cert(base / "server", trusted),
+        "rogue": rogue,
+        "rogue_server": signed_cert(base / "rogue-server", rogue),
+        "client_ca": client_ca,
+        "client": signed_cert(base / "client", client_ca, "baton-client"),
     }
 
 
@@ -66,8 +74,8 @@ def server(
     pki: dict[str, CertFiles], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TLSMariaDB]:
     inst = TLSMariaDB("tlsdb", free_port(), tmp_path_factory.mktemp("tlsdb"), server_id=1)
-    inst.server_cert = pki["trusted"]
-    inst.client_ca = pki["client"].cert
+    inst.server_cert = pki["server"]
+    inst.client_ca = pki["client_ca"].cert
     try:
         inst.start()
     except ServerStartError as exc:
@@ -266,7 +274,7 @@ class ManInTheMiddle:
 def test_man_in_the_middle_never_gets_the_password(
     pki: dict[str, CertFiles], tmp_path: Path, verify: bool
 ) -> None:
-    mitm = ManInTheMiddle(pki["rogue"])
+    mitm = ManInTheMiddle(pki["rogue_server"])
     backend = {"name": "db1", "address": f"127.0.0.1:{mitm.port}", "tls": True,
                "tls_ca": str(pki["trusted"].cert), "tls_verify": verify}
     security = _security(tmp_path, backend)
