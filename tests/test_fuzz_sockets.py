@@ -106,6 +106,15 @@ def test_anything_before_login(proc: BatonProcess, bystander: Canary, port: str,
     _unharmed(proc, bystander)
 
 
+def _send_all(client: RawClient, packets: list[tuple[int, bytes, int]]) -> None:
+    for command, body, seq in packets:
+        try:
+            client.send(frame(bytes((command,)) + body, seq))
+        except OSError:
+            break  # Baton closed the connection: fine
+    _drain(client.sock)
+
+
 PACKETS = st.lists(
     st.tuples(COMMANDS, st.binary(max_size=300), st.sampled_from([0, 0, 0, 1, 255])),
     min_size=1, max_size=4,
@@ -119,12 +128,7 @@ def test_any_command_after_login(proc: BatonProcess, bystander: Canary,
     client = RawClient(proc.proxy_port)
     try:
         client.login()
-        for command, body, seq in packets:
-            try:
-                client.send(frame(bytes((command,)) + body, seq))
-            except OSError:
-                break
-        _drain(client.sock)
+        _send_all(client, packets)
     finally:
         client.close()
     _unharmed(proc, bystander)
@@ -138,12 +142,7 @@ def test_any_admin_command_after_login(proc: BatonProcess, bystander: Canary,
     try:
         client.login("admin", b"admin")
         client.send(frame(b"\x03" + text.encode(), 0))
-        for command, body, seq in packets:
-            try:
-                client.send(frame(bytes((command,)) + body, seq))
-            except OSError:
-                break
-        _drain(client.sock)
+        _send_all(client, packets)
     finally:
         client.close()
     _unharmed(proc, bystander)
