@@ -399,7 +399,12 @@ class Baton:
             log.error("reload_rejected error=%r", str(exc))
             return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
         diff = diff_configs(self.config, new)
-        await self._apply_reload(new)
+        try:
+            await self._apply_reload(new)
+        except BaseException:
+            for rebind in rebinds:
+                rebind.abort()
+            raise
         for rebind in rebinds:
             rebind.commit()
         result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())

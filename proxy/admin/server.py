@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -118,12 +119,11 @@ class AdminSession(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
         self.server.sessions.add(self)
-        retry_s = self.server.throttle.retry_after(self.address)
+        retry_s = math.ceil(self.server.throttle.retry_after(self.address))
         if retry_s:
-            log.warning("admin_login_throttled peer=%s retry_s=%d", self.peer, retry_s + 0.999)
+            log.warning("admin_login_throttled peer=%s retry_s=%s", self.peer, retry_s)
             error = errors.LOGIN_THROTTLED.frame(
-                0, host=self.address, failures=self.server.throttle.max_failures,
-                retry_s=int(retry_s + 0.999),
+                0, host=self.address, failures=self.server.throttle.max_failures, retry_s=retry_s
             )
             self._fatal(error, "too many failed logins")
             return
