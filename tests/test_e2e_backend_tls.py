@@ -28,6 +28,7 @@ from certs import CertFiles, self_signed_cert, signed_cert
 from proxy.app import BACKEND_CAPABILITIES_BASE
 from proxy.backend import BackendError, Credentials, connect
 from proxy.config import parse_config
+from proxy.protocol import auth
 from proxy.protocol.constants import CACHING_SHA2_PASSWORD, SUPPORTED_CAPABILITIES, Capability
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.packets import Handshake, encode_handshake
@@ -230,44 +231,66 @@ def test_a_rotated_ca_file_is_read_again(pki: dict[str, CertFiles], tmp_path: Pa
 
 
 class ManInTheMiddle:
-    """Answers like a MySQL server that offers TLS and caching_sha2_password, terminates TLS
-    with its own certificate, asks for full authentication, and records every byte it could
-    decrypt: what an attacker on the Baton-to-database path would collect."""
+    """Answers like a MySQL server with caching_sha2_password, offering TLS with its own
+    certificate when given one, and asks for full authentication; sends its own RSA key to
+    whoever asks. Records every byte it could read, and every password it could decrypt: what
+    an attacker on the Baton-to-database path would collect."""
 
-    def __init__(self, cert: CertFiles) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.cert, cert.key)
+    NONCE = b"0123456789abcdefghij"
+
+    def __init__(self, cert: CertFiles | None) -> None:
+        self.ctx: ssl.SSLContext | None = None
+        if cert is not None:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(cert.cert, cert.key)
+        self.key = auth.generate_rsa_key()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.decrypted = bytearray()
+        self.read = bytearray()
+        self.stolen: list[bytes] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         conn, _ = self.sock.accept()
         conn.settimeout(5)
+        caps = SUPPORTED_CAPABILITIES | Capability.SSL if self.ctx else SUPPORTED_CAPABILITIES
         greeting = Handshake(
-            server_version="8.0.36", connection_id=7, auth_data=b"0123456789abcdefghij",
-            capabilities=int(SUPPORTED_CAPABILITIES | Capability.SSL), charset=45, status=2,
-            auth_plugin=CACHING_SHA2_PASSWORD,
+            server_version="8.0.36", connection_id=7, auth_data=self.NONCE,
+            capabilities=int(caps), charset=45, status=2, auth_plugin=CACHING_SHA2_PASSWORD,
         )
         try:
             conn.sendall(frame(encode_handshake(greeting), 0))
-            conn.recv(36)  # SSLRequest
-            tls = self.ctx.wrap_socket(conn, server_side=True)
-            reader = PacketReader()
-            asked = False
-            while data := tls.recv(65536):
-                self.decrypted += data
-                reader.feed(data)
-                if not asked and reader.next_packet() is not None:
-                    tls.sendall(frame(b"\x01\x04", 3))  # "full authentication, please"
-                    asked = True
+            io: socket.socket = conn
+            if self.ctx is not None:
+                conn.recv(36)  # SSLRequest
+                io = self.ctx.wrap_socket(conn, server_side=True)
+            self._converse(io)
         except (OSError, ssl.SSLError):
             pass
         finally:
             conn.close()
             self.sock.close()
+
+    def _converse(self, io: socket.socket) -> None:
+        reader = PacketReader()
+        first = True
+        while data := io.recv(65536):
+            self.read += data
+            reader.feed(data)
+            while (packet := reader.next_packet()) is not None:
+                seq, payload = packet
+                if first:  # the HandshakeResponse: "full authentication, please"
+                    io.sendall(frame(b"\x01\x04", seq + 1))
+                    first = False
+                elif payload == b"\x02":  # "your public key?": the attacker's
+                    io.sendall(frame(b"\x01" + auth.public_key_pem(self.key), seq + 1))
+                else:  # the password, in whatever form: keep what can be read, hang up
+                    try:
+                        self.stolen.append(auth.rsa_decrypt_password(self.key, payload, self.NONCE))
+                    except ValueError:
+                        pass
+                    return
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -282,9 +305,39 @@ def test_man_in_the_middle_never_gets_the_password(
     with pytest.raises(BackendError) as caught:
         _login(mitm.port, security, "app", secret)
     mitm.thread.join(5)
-    assert secret.encode() not in bytes(mitm.decrypted)
+    assert secret.encode() not in bytes(mitm.read) and mitm.stolen == []
     if verify:
         assert "server certificate not trusted" in caught.value.reason
-        assert mitm.decrypted == b""  # not even the user name
+        assert mitm.read == b""  # not even the user name
     else:
         assert "does not verify the server" in caught.value.reason
+
+
+@pytest.mark.parametrize("policy", ["refuse", "pinned", "get_server_public_key"])
+def test_sha2_full_auth_without_tls_encrypts_only_to_the_pinned_key(
+    tmp_path: Path, policy: str
+) -> None:
+    """Without TLS, a man in the middle asks for full authentication and offers its own key.
+    By default Baton refuses (nothing about the password is sent); with a pinned key the
+    password goes out encrypted to that key, which the attacker cannot read; only the
+    get_server_public_key opt-out hands it the password, which is why it is off."""
+    mitm = ManInTheMiddle(None)
+    pinned = tmp_path / "server.pem"
+    pinned.write_bytes(auth.public_key_pem(auth.generate_rsa_key()))  # the real server's key
+    backend: dict[str, Any] = {"name": "db1", "address": f"127.0.0.1:{mitm.port}"}
+    if policy == "pinned":
+        backend["server_public_key"] = str(pinned)
+    if policy == "get_server_public_key":
+        backend["get_server_public_key"] = True
+    secret = "correct horse battery staple"
+    with pytest.raises(BackendError) as caught:
+        _login(mitm.port, _security(tmp_path, backend), "app", secret)
+    mitm.thread.join(5)
+    assert secret.encode() not in bytes(mitm.read)
+    if policy == "refuse":
+        assert "without TLS; refused" in caught.value.reason
+        assert mitm.stolen == []
+    elif policy == "pinned":
+        assert mitm.stolen == [] and len(mitm.read) > 256  # an RSA-2048 blob went out
+    else:
+        assert mitm.stolen == [secret.encode()]
