@@ -6,6 +6,7 @@ real Baton's admin port through PyMySQL."""
 from __future__ import annotations
 
 import time
+import tracemalloc
 from typing import Any
 
 import pymysql
@@ -56,6 +57,19 @@ def test_results_are_capped_in_bytes() -> None:
         run_select(SOURCES, WIDE, max_bytes=1_000_000)
     assert time.monotonic() - started < 2
     assert len(run_select(SOURCES, "SELECT * FROM stats", max_bytes=1000).rows) == 20
+
+
+def test_a_refused_result_is_never_held_whole() -> None:
+    """The byte cap is checked row by row: 400 rows of 1 MB are refused holding ~8 MiB, not
+    400 MB (tracemalloc sees the row values Python holds)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(QueryRefused, match="larger than"):
+            run_select(SOURCES, WIDE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
 @pytest.fixture

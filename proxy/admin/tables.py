@@ -323,15 +323,14 @@ def _fetch(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> list[tuple[
     """The rows, or QueryRefused as soon as there are too many or they are too big."""
     rows: list[tuple[Any, ...]] = []
     total = 0
-    while batch := cursor.fetchmany(1000):
-        for row in batch:
-            total += sum(_size(v) for v in row)
-            if total > max_bytes:
-                raise QueryRefused(
-                    f"result larger than {max_bytes} bytes; select fewer or narrower columns, "
-                    "or add a WHERE or LIMIT"
-                )
-        rows += batch
+    for row in cursor:  # one at a time: a row over the limit is the last one held
+        total += sum(_size(v) for v in row)
+        if total > max_bytes:
+            raise QueryRefused(
+                f"result larger than {max_bytes} bytes; select fewer or narrower columns, "
+                "or add a WHERE or LIMIT"
+            )
+        rows.append(row)
         if len(rows) > max_rows:
             raise QueryRefused(f"more than {max_rows} rows; add a WHERE or LIMIT")
     return rows
