@@ -90,6 +90,7 @@ class Baton:
         self.rsa_key = auth.generate_rsa_key() if config.proxy.auth_plugin == "caching_sha2_password" else None
         self.proxy_listener = Listener("proxy", lambda: ClientSession(self), backlog=1024)
         self.listeners: list[Listener] = [self.proxy_listener]  # reloads move each of them
+        self._reload_lock = asyncio.Lock()  # a SIGHUP and a RELOAD never interleave
         self._stopped = asyncio.Event()
         self._background: set[asyncio.Task[object]] = set()
         self.apply_config(config)
@@ -393,20 +394,21 @@ class Baton:
         return result
 
     async def _reload_to(self, new: Config) -> ReloadResult:
-        try:
-            rebinds = await prepare_rebinds(self.listeners, new)
-        except ListenError as exc:
-            log.error("reload_rejected error=%r", str(exc))
-            return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
-        diff = diff_configs(self.config, new)
-        try:
-            await self._apply_reload(new)
-        except BaseException:
+        async with self._reload_lock:
+            try:
+                rebinds = await prepare_rebinds(self.listeners, new)
+            except ListenError as exc:
+                log.error("reload_rejected error=%r", str(exc))
+                return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
+            diff = diff_configs(self.config, new)
+            try:
+                await self._apply_reload(new)
+            except BaseException:
+                for rebind in rebinds:
+                    rebind.abort()
+                raise
             for rebind in rebinds:
-                rebind.abort()
-            raise
-        for rebind in rebinds:
-            rebind.commit()
+                rebind.commit()
         result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
         log.info("reload_applied changes=%r", result.summary)
         return result
