@@ -1,16 +1,20 @@
-"""Failed-login throttling per client address: the pure sliding window with a fake clock, then
-the admin port of a real Baton, where a sixth try from an address that failed five times is
-refused with 1129 before any password check (the right password included), while another
-loopback address still logs in."""
+"""Limits on strangers at the admin port's login prompt. Failed-login throttling per client
+address: the pure sliding window with a fake clock, then a real Baton, where a sixth try from
+an address that failed five times is refused with 1129 before any password check (the right
+password included), while another loopback address still logs in. Before login, packets are
+capped at 16 KiB (1153), and silent sockets are capped per address (1040) so that they cannot
+lock the operator out."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pymysql
 import pytest
 from baton_process import BatonProcess, admin_rows
 
+from proxy.protocol.framing import PacketReader, frame
 from proxy.sandbox import ReplicationSandbox
 from proxy.throttle import LoginThrottle
 
@@ -78,3 +82,43 @@ def test_admin_port_throttles_an_address_after_five_failures(proc: BatonProcess)
     conn = _admin(proc, "admin", source="127.0.0.2")  # another address is not affected
     conn.close()
     assert admin_rows(proc, "SHOW VERSION", bind_address="127.0.0.3")
+
+
+def _stranger(proc: BatonProcess, source: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", proc.admin_port), timeout=5,
+                                    source_address=(source, 0))
+
+
+def _last_error(sock: socket.socket) -> int | None:
+    """The code of the ERR packet Baton sends before closing (None if it sends none)."""
+    reader = PacketReader()
+    code = None
+    while data := sock.recv(65536):
+        reader.feed(data)
+        while (packet := reader.next_packet()) is not None:
+            if packet[1][:1] == b"\xff":
+                code = int.from_bytes(packet[1][1:3], "little")
+    return code
+
+
+def test_admin_port_caps_silent_sockets_per_address(proc: BatonProcess) -> None:
+    silent = [_stranger(proc, "127.0.0.9") for _ in range(8)]
+    try:
+        for sock in silent:
+            assert sock.recv(65536)  # each got its greeting, and says nothing
+        with _stranger(proc, "127.0.0.9") as ninth:
+            assert _last_error(ninth) == 1040
+        conn = _admin(proc, "admin")  # the operator, from elsewhere, is not locked out
+        conn.close()
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_admin_port_caps_packets_before_login(proc: BatonProcess) -> None:
+    with _stranger(proc, "127.0.0.10") as sock:
+        sock.recv(65536)
+        sock.sendall(frame(b"\x8d\xa6" + b"x" * (20 << 10), 1))
+        assert _last_error(sock) == 1153
+    big = admin_rows(proc, "SELECT '" + "x" * (100 << 10) + "' AS v")  # after login: 1 MiB
+    assert len(big[0]["v"]) == 100 << 10

@@ -59,6 +59,12 @@ log = logging.getLogger("baton.admin")
 # No multi-statements (one command per COM_QUERY), no LOCAL INFILE, no TLS.
 ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
 ADMIN_MAX_PACKET = 1 << 20
+# Before login a client is a stranger: a handshake response fits in a few KiB, and only so many
+# strangers (and so many per address) may wait at the login prompt, so that silent sockets
+# cannot lock the operator out.
+PRE_AUTH_MAX_PACKET = 16 << 10
+MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_ADDRESS = 8
 LOGIN_TIMEOUT_S = 10.0
 # Failed admin logins allowed per client address in a sliding window; then the address is
 # refused before the greeting until its oldest failure leaves the window.
@@ -101,7 +107,7 @@ class AdminSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.address = ""  # the client host, which login throttling counts by
-        self.reader = PacketReader(ADMIN_MAX_PACKET)
+        self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
         self.hs: ServerHandshake | None = None
         self.user = ""
         self.capabilities = 0
@@ -118,6 +124,10 @@ class AdminSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if self._too_many_strangers():
+            log.warning("admin_login_refused_busy peer=%s", self.peer)
+            self._fatal(errors.TOO_MANY_CONNECTIONS.frame(0), "too many unauthenticated sessions")
+            return
         self.server.sessions.add(self)
         retry_s = math.ceil(self.server.throttle.retry_after(self.address))
         if retry_s:
@@ -137,6 +147,11 @@ class AdminSession(asyncio.Protocol):
         )
         transport.write(self.hs.greeting())  # type: ignore[attr-defined]
         self._login_timer = self.app.loop.call_later(LOGIN_TIMEOUT_S, self._login_timeout)
+
+    def _too_many_strangers(self) -> bool:
+        waiting = [s for s in self.server.sessions if not s.logged_in]
+        same = sum(1 for s in waiting if s.address == self.address)
+        return len(waiting) >= MAX_UNAUTHENTICATED or same >= MAX_UNAUTHENTICATED_PER_ADDRESS
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -188,6 +203,7 @@ class AdminSession(asyncio.Protocol):
         self.user = a.user
         self.capabilities = a.capabilities
         self.logged_in = True
+        self.reader.max_payload = ADMIN_MAX_PACKET
         self.server.throttle.succeeded(self.address)
         log.info("admin_login user=%s peer=%s", a.user, self.peer)
         self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), a.seq))
