@@ -171,11 +171,11 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    url: str = field(default="", metadata=_SECRET)  # may carry a password
+    url: str = field(default="", repr=False, metadata=_SECRET)  # may carry a password
     channel: str = "baton"
     instance_id: str = ""  # "" = hostname:pid, filled in by whoever joins the channel
     username: str = ""  # Redis ACL user ("" = the URL's, or none)
-    password: str = field(default="", metadata=_SECRET)
+    password: str = field(default="", repr=False, metadata=_SECRET)
     tls_ca: str = ""  # CA file verifying a rediss:// server ("" = the system CAs)
     # HMAC key signing every record instances share; the loader fills it from secret_file or
     # the BATON_REDIS_SECRET environment variable when the key itself is absent.
@@ -204,6 +204,27 @@ class BackendConfig:
     max_replication_lag_ms: int = 1000  # the loader fills in [routing]'s value when absent
     promotable: bool = True
     tls: bool = False
+    # Whom Baton trusts to be this server (see README "Security"). tls_verify defaults to
+    # true when tls_ca is set (the loader decides); without a CA it verifies against the
+    # system's trusted CAs.
+    tls_ca: str = ""
+    tls_verify: bool = False
+    tls_server_name: str = ""  # "" = the host of `address`
+    tls_cert: str = ""  # client certificate, for accounts that REQUIRE X509
+    tls_key: str = ""
+    # caching_sha2_password full authentication without verified TLS encrypts the password to
+    # this RSA public key (PEM file); asking the server for its key is refused unless allowed.
+    server_public_key: str = ""
+    get_server_public_key: bool = False
+
+    @property
+    def tls_settings(self) -> tuple[object, ...]:
+        """Everything that decides how a login to this server is protected: a change to any of
+        it means new connections (and a new TLS context)."""
+        return (
+            self.tls, self.tls_ca, self.tls_verify, self.tls_server_name or self.host,
+            self.tls_cert, self.tls_key, self.server_public_key, self.get_server_public_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +485,10 @@ class _Table:
 
         return self._get(name, check, minimum)
 
-    def flag(self, name: str) -> bool:
+    def flag(self, name: str, *, default: bool | None = None) -> bool:
+        if default is not None and name not in self._table:
+            return default
+
         def check(value: Any) -> bool:
             if type(value) is not bool:
                 raise _Invalid(f"expected true or false, got {_show(value)} ({_toml_type(value)})")
@@ -725,7 +749,7 @@ def _check_backend_name(value: str) -> None:
         )
 
 
-def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
+def _read_backend(t: _Table, routing: RoutingConfig, base: Path) -> BackendConfig:
     name = t.text("name", check=_check_backend_name)
     address, host, port = t.address("address")
     return BackendConfig(
@@ -739,8 +763,70 @@ def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
             "max_replication_lag_ms", minimum=0, default=routing.max_replication_lag_ms
         ),
         promotable=t.flag("promotable"),
-        tls=t.flag("tls"),
+        **_read_backend_security(t, base),
     )
+
+
+def _read_backend_security(t: _Table, base: Path) -> dict[str, Any]:
+    """The TLS and RSA-key keys of a backend; files are read now so a wrong path fails here."""
+    tls = t.flag("tls")
+    tls_ca = _readable_path(t, "tls_ca", base)
+    tls_verify = t.flag("tls_verify", default=bool(tls_ca))
+    tls_cert, tls_key = _check_tls(t, t.text("tls_cert"), t.text("tls_key"), base)
+    tls_server_name = t.text("tls_server_name")
+    server_public_key = _readable_path(t, "server_public_key", base)
+    if server_public_key:
+        _check_public_key(t, server_public_key)
+    if not tls:
+        given = {"tls_ca": tls_ca, "tls_verify": tls_verify, "tls_server_name": tls_server_name,
+                 "tls_cert": tls_cert}
+        for name, value in given.items():
+            if value:
+                t.report(t.key(name), f"{name} is set but tls is false; set tls = true to use it")
+    if tls_ca:
+        try:
+            ssl.create_default_context(cafile=tls_ca)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            t.report(t.key("tls_ca"), f"cannot load CA certificates from {tls_ca!r} ({e}); "
+                     "expected a PEM file of one or more certificates")
+    return {
+        "tls": tls,
+        "tls_ca": tls_ca,
+        "tls_verify": tls_verify,
+        "tls_server_name": tls_server_name,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "server_public_key": server_public_key,
+        "get_server_public_key": t.flag("get_server_public_key"),
+    }
+
+
+def _readable_path(t: _Table, name: str, base: Path) -> str:
+    """A file path key: relative to the config file's directory; reported if unreadable."""
+    value = t.text(name)
+    if not value:
+        return ""
+    path = str(Path(value) if Path(value).is_absolute() else base / value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        t.report(t.key(name), f"cannot read {path!r}: {e.strerror or e}")
+        return ""
+    return path
+
+
+def _check_public_key(t: _Table, path: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (ValueError, TypeError) as e:
+        t.report(t.key("server_public_key"), f"{path!r} is not a PEM public key ({e})")
+        return
+    if not isinstance(key, rsa.RSAPublicKey):
+        t.report(t.key("server_public_key"), f"{path!r} is not an RSA public key")
 
 
 _NATIVE_HASH = re.compile(r"\*[0-9A-Fa-f]{40}")
@@ -860,11 +946,12 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         table.finish()
 
     routing = sections["routing"]
-    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing), report)
+    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing, base), report)
     users = _read_list(document, "users", lambda t: _read_user(t, sections["proxy"]), report)
     _check_backends(backends, report)
     _check_unique("users", [u.name for u in users], report)
     _check_listeners(sections, report)
+    _check_admin_credentials(sections["admin"], report)
     if errors:
         raise ConfigError(errors)
     return Config(backends=backends, users=users, source=source, **sections)
@@ -968,6 +1055,34 @@ def _check_listeners(sections: dict[str, Any], report: Callable[[str, str], None
         taken.append((name, section.host, section.port))
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a listener on ``host`` (a name other than localhost may
+    resolve to anything; a wildcard listens everywhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_admin_credentials(admin: AdminConfig, report: Callable[[str, str], None]) -> None:
+    """The admin console can promote, kill and shut down: off loopback, its password must be
+    neither empty nor the well-known default."""
+    if not admin.enabled or is_loopback(admin.host):
+        return
+    default = AdminConfig().password
+    weak = "an empty password" if not admin.password else (
+        f"the default password {default!r}" if admin.password == default else ""
+    )
+    if weak:
+        report(
+            "admin.password",
+            f"admin.listen {admin.listen!r} is not a loopback address and the admin console "
+            f"has {weak}; set a strong admin.password, or listen on 127.0.0.1",
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Summary and diff
 
@@ -1002,7 +1117,7 @@ def describe(config: Config) -> str:
     for b in config.backends:
         traits = [f"max lag {b.max_replication_lag_ms} ms"]
         traits += ["promotable"] if b.promotable else ["never promoted"]
-        traits += ["TLS"] if b.tls else []
+        traits += [("TLS, verified" if b.tls_verify else "TLS, not verified")] if b.tls else []
         lines.append(
             f"  {b.name:<{width}}  {b.address:<{addr_width}}  {b.role:<7}  weight {b.weight}, "
             + ", ".join(traits)

@@ -132,6 +132,11 @@ UNKNOWN_STMT = ErrorCode(
     "The client used a statement id it never prepared or already closed (MySQL's own code).",
 )
 
+LOGIN_THROTTLED = ErrorCode(
+    1129, "HY000", "Host '{host}' is blocked after {failures} failed logins; retry in {retry_s} s",
+    "Too many failed logins from this address on the admin port (MySQL's own code for a "
+    "blocked host); it may try again when the oldest failure is a minute old.",
+)
 ADMIN_SYNTAX = ErrorCode(
     1064, "42000", "Baton admin: {reason}. Accepted: {accepted}",
     "The admin port did not understand the command (MySQL's own code; not 1047, whose SQLSTATE "

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backend import BackendConnection, BackendError, Credentials, await_login, connect
+from .tls import NO_TLS, BackendSecurity
 
 log = logging.getLogger("baton.pool")
 
@@ -56,7 +56,7 @@ class BackendPool:
     max_connections: int
     connect_timeout: float
     idle_timeout: float = 300.0
-    tls: ssl.SSLContext | None = None
+    security: BackendSecurity = NO_TLS  # TLS and RSA-key policy for logins (proxy/tls.py)
     generation: int = 0
     stats: PoolStats = field(default_factory=PoolStats)
     # Waiters across all pools, shared: lets a session skip checking every pool after every
@@ -197,7 +197,8 @@ class BackendPool:
         login = asyncio.ensure_future(
             connect(
                 self.name, self.host, self.port, credentials, timeout=timeout,
-                capabilities=key.capabilities, database=database, charset=key.charset, tls=self.tls,
+                capabilities=key.capabilities, database=database, charset=key.charset,
+                security=self.security,
             )
         )
         try:

@@ -182,8 +182,8 @@ def _kill_client(req: Request) -> Done:
     return Done(f"client {client_id} killed", 1)
 
 
-def _reload(req: Request) -> Table:
-    result = req.app.reload()
+async def _reload(req: Request) -> Table:
+    result = await req.app.reload()
     if not result.ok:
         raise Refusal(f"reload rejected ({result.summary}): " + "; ".join(result.errors))
     return Table(("result", "changes"), [("ok", result.summary)])
