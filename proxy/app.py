@@ -20,6 +20,7 @@ from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
 from .health.states import BackendState
 from .health.topology import Topology
+from .listeners import Listener, ListenError, prepare_rebinds
 from .pool import BackendPool
 from .protocol import auth
 from .protocol.constants import SUPPORTED_CAPABILITIES, Capability, Command
@@ -27,7 +28,7 @@ from .protocol.handshake import Account
 from .routing.router import Router
 from .routing.session_state import SessionStateKeeper
 from .stats import Stats
-from .tls import client_context, server_context
+from .tls import backend_security, server_context
 
 log = logging.getLogger("baton")
 
@@ -87,7 +88,9 @@ class Baton:
         self._resumed: asyncio.Future[None] | None = None
         self.tls_context = None
         self.rsa_key = auth.generate_rsa_key() if config.proxy.auth_plugin == "caching_sha2_password" else None
-        self._servers: list[asyncio.base_events.Server] = []
+        self.proxy_listener = Listener("proxy", lambda: ClientSession(self), backlog=1024)
+        self.listeners: list[Listener] = [self.proxy_listener]  # reloads move each of them
+        self._reload_lock = asyncio.Lock()  # a SIGHUP and a RELOAD never interleave
         self._stopped = asyncio.Event()
         self._background: set[asyncio.Task[object]] = set()
         self.apply_config(config)
@@ -109,13 +112,13 @@ class Baton:
                 self.pools.pop(name).close()
         for b in config.backends:
             pool = self.pools.get(b.name)
-            if pool is None or (pool.host, pool.port) != (b.host, b.port) or bool(pool.tls) != b.tls:
+            if pool is None or (pool.host, pool.port) != (b.host, b.port) or pool.security is not backend_security(b):
                 if pool is not None:
                     pool.close()
                 self.pools[b.name] = BackendPool(
                     b.name, b.host, b.port, config.proxy.max_backend_connections,
                     config.proxy.connect_timeout_ms / 1000, config.proxy.idle_backend_timeout_s,
-                    client_context() if b.tls else None, waiters_total=self.pool_waiters,
+                    backend_security(b), waiters_total=self.pool_waiters,
                     on_wait=self._release_idle_connection,
                 )
             else:
@@ -244,7 +247,7 @@ class Baton:
                 master.name, master.host, master.port,
                 Credentials(mon.user, mon.password.encode(), None),
                 timeout=self.config.proxy.connect_timeout_ms / 1000,
-                capabilities=int(SUPPORTED_CAPABILITIES),
+                capabilities=int(SUPPORTED_CAPABILITIES), security=backend_security(master),
             )
         except BackendError as exc:
             log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)
@@ -259,10 +262,7 @@ class Baton:
         await self._learn_server_version()
         await self._start_health()
         cfg = self.config.proxy
-        server = await self.loop.create_server(
-            lambda: ClientSession(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
-        )
-        self._servers.append(server)
+        await self.proxy_listener.start_listening(self.config)
         self.spawn(self._janitor())
         log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
         # >>> operator surfaces: admin port and Prometheus metrics (proxy/admin/server.py,
@@ -273,6 +273,7 @@ class Baton:
 
         self.admin_server = AdminServer(self)
         self.metrics_server = MetricsServer(self)
+        self.listeners += [self.admin_server, self.metrics_server]
         if self.config.admin.enabled:
             await self.admin_server.start()
         if self.config.metrics.enabled:
@@ -294,7 +295,7 @@ class Baton:
         if cfg.redis.enabled:
             from .health.cluster import ClusterLink
 
-            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover)
+            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover, address=cfg.proxy.listen)
             self.bus.subscribe(self.cluster.on_event)
             self.failover.failover_gate = self.cluster.take_failover_lock
             await self.cluster.start()
@@ -342,8 +343,7 @@ class Baton:
         if not self.accepting:
             return
         self.accepting = False
-        for server in self._servers:
-            server.close()
+        self.proxy_listener.close()
         if graceful:
             deadline = time.monotonic() + self.config.proxy.shutdown_grace_s
             while time.monotonic() < deadline and any(s.inflight is not None for s in self.sessions.values()):
@@ -371,11 +371,12 @@ class Baton:
 
     # -- operator actions (admin port, signals, CLI) ------------------------------------------
 
-    def reload(self) -> ReloadResult:
+    async def reload(self) -> ReloadResult:
         """Re-reads the config file; applies it only if it is valid, all at once.
 
         A bad file changes nothing: the running config stays, and the result (also shown by
-        SHOW CONFIG) says which file, key and reason.
+        SHOW CONFIG) says which file, key and reason. So does a new listen address that cannot
+        be bound: new addresses are bound before anything is applied.
         """
         if not self.config_path:
             result = ReloadResult(False, time.time(), "no config file to reload", ())
@@ -387,12 +388,29 @@ class Baton:
                 for line in exc.errors:
                     log.error("reload_rejected error=%r", line)
             else:
-                diff = diff_configs(self.config, new)
-                self.spawn(self._apply_reload(new))
-                result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
-                log.info("reload_applied changes=%r", result.summary)
+                result = await self._reload_to(new)
         self.stats.reloads[result.ok] += 1
         self.last_reload = result
+        return result
+
+    async def _reload_to(self, new: Config) -> ReloadResult:
+        async with self._reload_lock:
+            try:
+                rebinds = await prepare_rebinds(self.listeners, new)
+            except ListenError as exc:
+                log.error("reload_rejected error=%r", str(exc))
+                return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
+            diff = diff_configs(self.config, new)
+            try:
+                await self._apply_reload(new)
+            except BaseException:
+                for rebind in rebinds:
+                    rebind.abort()
+                raise
+            for rebind in rebinds:
+                rebind.commit()
+        result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
+        log.info("reload_applied changes=%r", result.summary)
         return result
 
     async def _apply_reload(self, new: Config) -> None:
@@ -409,20 +427,8 @@ class Baton:
             self.monitor.update(new.backends, new.monitor)
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
-        if (old.proxy.host, old.proxy.port) != (new.proxy.host, new.proxy.port):
-            await self._rebind(new)
         for hook in self.reload_hooks:
             await hook(old, new)
-
-    async def _rebind(self, new: Config) -> None:
-        """Listens on the new address first, then stops the old listener; clients stay."""
-        server = await self.loop.create_server(
-            lambda: ClientSession(self), new.proxy.host, new.proxy.port, reuse_address=True, backlog=1024
-        )
-        old, self._servers = self._servers, [server]
-        for s in old:
-            s.close()
-        log.info("listening address=%s (rebound)", new.proxy.listen)
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""
@@ -480,7 +486,7 @@ async def serve(config_path: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: app.spawn(app.shutdown(graceful=True)))
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(app.reload()))
     pid_file = config.proxy.pid_file
     if pid_file:
         Path(pid_file).write_text(f"{os.getpid()}\n")

@@ -95,6 +95,7 @@ SHOW: dict[str, tuple[Callable[[Request], Table], str]] = {
     "CLIENTS": (lambda r: tables.clients_table(r.app), "client sessions: state, backends in use, pins"),
     "STATS": (lambda r: tables.stats_table(r.app), "counters: queries, errors, auth failures, held, retried, reloads"),
     "FAILOVERS": (lambda r: tables.failovers_table(r.app), "the failover timeline, one row per promotion"),
+    "CLUSTER": (lambda r: tables.cluster_table(r.app), "Baton instances on the Redis channel: epoch, master, lease, failover"),
     "CONFIG": (lambda r: tables.config_table(r.app), "the running config (passwords masked) and the last reload"),
     "VERSION": (lambda r: tables.version_table(r.app), "Baton and server versions"),
     "COMMANDS": (_show_commands, "this list (also HELP)"),
@@ -181,8 +182,8 @@ def _kill_client(req: Request) -> Done:
     return Done(f"client {client_id} killed", 1)
 
 
-def _reload(req: Request) -> Table:
-    result = req.app.reload()
+async def _reload(req: Request) -> Table:
+    result = await req.app.reload()
     if not result.ok:
         raise Refusal(f"reload rejected ({result.summary}): " + "; ".join(result.errors))
     return Table(("result", "changes"), [("ok", result.summary)])
@@ -314,10 +315,10 @@ COMMANDS: tuple[AdminCommand, ...] = (
 )
 
 ACCEPTED = (
-    "SHOW BACKENDS|POOLS|CLIENTS|STATS|FAILOVERS|CONFIG|VERSION|COMMANDS, HELP, "
+    "SHOW BACKENDS|POOLS|CLIENTS|STATS|FAILOVERS|CLUSTER|CONFIG|VERSION|COMMANDS, HELP, "
     "SET BACKEND 'name' ONLINE|OFFLINE_SOFT|OFFLINE_HARD, PROMOTE 'name' [REPLACING 'old'], "
     "SWITCHOVER TO 'name', KILL CLIENT id, RELOAD, PAUSE, RESUME, SHUTDOWN [GRACEFUL], "
-    "SELECT ... FROM backends|pools|clients|stats|failovers"
+    "SELECT ... FROM backends|pools|clients|stats|failovers|cluster"
 )
 
 

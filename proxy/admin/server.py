@@ -10,21 +10,23 @@ Commands run one after another per session, in a task, because PROMOTE and SWITC
 for the failover module; the proxy's own sessions never wait on the admin port.
 
 ``OperatorListener`` is the listener life cycle shared with the metrics endpoint: bind when the
-section's ``listen`` is set, follow a reload that changes it (new address bound first, old one
-closed after; a failed bind keeps the old one), close on shutdown.
+section's ``listen`` is set, follow a reload that changes it (``proxy.listeners``: the new
+address is bound before the reload commits; a failed bind refuses the reload), close on
+shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import errors
-from ..config import Config
+from ..listeners import Listener
 from ..protocol import auth
 from ..protocol.constants import (
     NATIVE_PASSWORD,
@@ -45,6 +47,7 @@ from ..protocol.packets import (
     encode_terminator,
 )
 from ..protocol.wire import ProtocolError
+from ..throttle import LoginThrottle
 from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
 from .tables import Table
 
@@ -56,56 +59,30 @@ log = logging.getLogger("baton.admin")
 # No multi-statements (one command per COM_QUERY), no LOCAL INFILE, no TLS.
 ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
 ADMIN_MAX_PACKET = 1 << 20
+# Before login a client is a stranger: a handshake response fits in a few KiB, and only so many
+# strangers (and so many per address) may wait at the login prompt, so that silent sockets
+# cannot lock the operator out.
+PRE_AUTH_MAX_PACKET = 16 << 10
+MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_ADDRESS = 8
 LOGIN_TIMEOUT_S = 10.0
+# Failed admin logins allowed per client address in a sliding window; then the address is
+# refused before the greeting until its oldest failure leaves the window.
+ADMIN_MAX_LOGIN_FAILURES = 5
+ADMIN_LOGIN_WINDOW_S = 60.0
 _STATUS = int(ServerStatus.AUTOCOMMIT)
 _BINARY_CHARSET = 63
 
 
-class OperatorListener:
-    """A listener on ``[<section>] listen`` that follows config reloads."""
+class OperatorListener(Listener):
+    """A listener on ``[<section>] listen``; reloads move it through ``proxy.listeners``."""
 
     def __init__(self, app: Baton, section: str, factory: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__(section, factory)
         self.app = app
-        self.section = section
-        self.factory = factory
-        self.server: asyncio.base_events.Server | None = None
-        self.listen = ""
-        self.log = logging.getLogger(f"baton.{section}")
-        app.reload_hooks.append(self._on_reload)
 
     async def start(self) -> None:
-        cfg = getattr(self.app.config, self.section)
-        if cfg.enabled:
-            await self._bind(cfg)
-
-    async def _bind(self, cfg: object) -> None:
-        server = await self.app.loop.create_server(
-            self.factory, cfg.host, cfg.port, reuse_address=True  # type: ignore[attr-defined]
-        )
-        old, self.server = self.server, server
-        if old is not None:
-            old.close()
-        self.listen = cfg.listen  # type: ignore[attr-defined]
-        self.log.info("%s_listening address=%s", self.section, self.listen)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        self.listen = ""
-
-    async def _on_reload(self, old: Config, new: Config) -> None:
-        cfg = getattr(new, self.section)
-        if cfg.listen == self.listen:
-            return
-        if not cfg.enabled:
-            self.log.info("%s_closed reason=%r", self.section, "disabled by reload")
-            self.close()
-            return
-        try:
-            await self._bind(cfg)
-        except OSError as exc:
-            self.log.error("%s_rebind_failed address=%s error=%r keeping=%s", self.section, cfg.listen, exc, self.listen)
+        await self.start_listening(self.app.config)
 
 
 class AdminServer(OperatorListener):
@@ -114,6 +91,7 @@ class AdminServer(OperatorListener):
     def __init__(self, app: Baton) -> None:
         super().__init__(app, "admin", lambda: AdminSession(app, self))
         self.sessions: set[AdminSession] = set()
+        self.throttle = LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S)
 
     def close(self) -> None:
         super().close()
@@ -128,7 +106,8 @@ class AdminSession(asyncio.Protocol):
         self.id = app.next_connection_id()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.reader = PacketReader(ADMIN_MAX_PACKET)
+        self.address = ""  # the client host, which login throttling counts by
+        self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
         self.hs: ServerHandshake | None = None
         self.user = ""
         self.capabilities = 0
@@ -144,7 +123,20 @@ class AdminSession(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if self._too_many_strangers():
+            log.warning("admin_login_refused_busy peer=%s", self.peer)
+            self._fatal(errors.TOO_MANY_CONNECTIONS.frame(0), "too many unauthenticated sessions")
+            return
         self.server.sessions.add(self)
+        retry_s = math.ceil(self.server.throttle.retry_after(self.address))
+        if retry_s:
+            log.warning("admin_login_throttled peer=%s retry_s=%s", self.peer, retry_s)
+            error = errors.LOGIN_THROTTLED.frame(
+                0, host=self.address, failures=self.server.throttle.max_failures, retry_s=retry_s
+            )
+            self._fatal(error, "too many failed logins")
+            return
         self.hs = ServerHandshake(
             server_version=self.app.server_version,
             connection_id=self.id,
@@ -155,6 +147,11 @@ class AdminSession(asyncio.Protocol):
         )
         transport.write(self.hs.greeting())  # type: ignore[attr-defined]
         self._login_timer = self.app.loop.call_later(LOGIN_TIMEOUT_S, self._login_timeout)
+
+    def _too_many_strangers(self) -> bool:
+        waiting = [s for s in self.server.sessions if not s.logged_in]
+        same = sum(1 for s in waiting if s.address == self.address)
+        return len(waiting) >= MAX_UNAUTHENTICATED or same >= MAX_UNAUTHENTICATED_PER_ADDRESS
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -195,6 +192,7 @@ class AdminSession(asyncio.Protocol):
             elif isinstance(action, Failed):
                 user = self.hs._response.user if self.hs._response else ""
                 log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
+                self.server.throttle.failed(self.address)
                 self._fatal(self.hs.failure_bytes, "authentication failed")
             elif isinstance(action, Authenticated):
                 self._authenticated(action)
@@ -205,6 +203,8 @@ class AdminSession(asyncio.Protocol):
         self.user = a.user
         self.capabilities = a.capabilities
         self.logged_in = True
+        self.reader.max_payload = ADMIN_MAX_PACKET
+        self.server.throttle.succeeded(self.address)
         log.info("admin_login user=%s peer=%s", a.user, self.peer)
         self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), a.seq))
 

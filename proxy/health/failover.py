@@ -174,7 +174,8 @@ class FailoverCoordinator:
         reachable. The target must be a known backend, not fenced, reachable, writable
         (read_only=0) and no longer replicating; otherwise PromotionRefused says why.
         With `epoch` (learnt from another Baton through Redis) the decision was taken
-        elsewhere: problems are logged, the Topology decides whether the epoch is news.
+        elsewhere: problems are logged, the Topology decides whether the epoch is news, but
+        one the servers contradict (`_denied_by_servers`) is refused.
         """
         if source not in PROMOTION_SOURCES:
             raise PromotionRefused(f"unknown promotion source {source!r}")
@@ -195,6 +196,10 @@ class FailoverCoordinator:
             return self._unrecorded(source, name, f"ignored: epoch {epoch} is not newer")
         problem = await self._why_not_writable(name)
         if problem is not None:
+            if epoch is not None and (denied := await self._denied_by_servers(name, problem)):
+                log.warning("promotion_refused backend=%s epoch=%d source=%s reason=%r",
+                            name, epoch, source, denied)
+                raise PromotionRefused(denied)
             if epoch is None:
                 log.warning(
                     "promotion_refused backend=%s source=%s reason=%r", name, source, problem
@@ -251,6 +256,21 @@ class FailoverCoordinator:
         if h.io_running or h.sql_running:
             return f"{name} still replicates from {h.master_name or f'{h.master_host}:{h.master_port}'}"
         return None
+
+    async def _denied_by_servers(self, name: str, problem: str) -> str | None:
+        """Why a promotion told from elsewhere contradicts the servers, or None.
+
+        A message alone must never fence a healthy master: if `name` is not writable and
+        detached (`problem`) while the current master answers and takes writes, the message is
+        wrong (forged, stale or mistaken) and adopting it would set that master read_only.
+        """
+        master = self._topology.master
+        if master is None or master == name:
+            return None
+        h = await self._monitor.probe_now(master)
+        if not h.alive or h.read_only is not False:
+            return None
+        return f"servers contradict it: {problem}, while master {master} is healthy and writable"
 
     # -- planned -------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from proxy.health.samples import VARIABLES, ReplicationSample, estimate_lag, par
 from proxy.health.states import BackendState, StateChange
 from proxy.health.topology import Topology, TopologyError
 from proxy.protocol.constants import Command
-from proxy.tls import client_context
+from proxy.tls import backend_security
 
 log = logging.getLogger("baton.monitor")
 
@@ -197,7 +197,7 @@ class Monitor:
                 log.info("monitor_backend_added backend=%s address=%s", name, b.address)
                 continue
             w.detector.failure_threshold = cfg.failure_threshold
-            moved = (w.cfg.host, w.cfg.port, w.cfg.tls) != (b.host, b.port, b.tls)
+            moved = (w.cfg.host, w.cfg.port, w.cfg.tls_settings) != (b.host, b.port, b.tls_settings)
             w.cfg = b
             if moved:
                 # Reconnect to the new address; old positions describe another server.
@@ -547,7 +547,7 @@ class Monitor:
                 b.port,
                 Credentials(self._cfg.user, self._cfg.password.encode(), None),
                 timeout=HANDSHAKE_PATIENCE_S,
-                tls=client_context() if b.tls else None,
+                security=backend_security(b),
                 attributes={"_client_name": "baton", "program_name": "baton-monitor"},
             )
         )
