@@ -296,8 +296,8 @@ class Baton:
 
             self.cluster = ClusterLink(cfg.redis, self.topology, self.failover)
             self.bus.subscribe(self.cluster.on_event)
-            self.failover.failover_gate = self.cluster.take_failover_lock
             await self.cluster.start()
+            self.failover.lease = self.cluster.lease
 
     async def switchover(self, to: str) -> object:
         """Planned switchover with no client errors: hold new writes, let open transactions

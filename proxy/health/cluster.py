@@ -8,8 +8,9 @@ them agree and act once:
   ``FailoverCoordinator.promote(source="redis", epoch=...)``; the Topology accepts only a newer
   epoch, so a stale or replayed message changes nothing.
 * A starting instance reads the key and adopts a newer epoch before serving.
-* In ``auto`` mode only the instance that takes the failover lock (``SET NX PX``) performs the
-  failover; the others wait for its event.
+* In ``auto`` mode only the instance that takes the failover lease (proxy.health.lease) performs
+  the failover; the others watch the lease and take over if it runs out before its holder's
+  promotion arrives.
 
 Redis is a coordination aid, not a dependency: if it is unreachable the instance carries on
 alone (and performs failovers itself), logging the problem, and reconnects in the background.
@@ -25,6 +26,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, MasterPromoted
+from .lease import FailoverLease
 
 if TYPE_CHECKING:
     from ..config import RedisConfig
@@ -49,6 +51,7 @@ class ClusterLink:
         self._topology = topology
         self._failover = failover
         self._redis: Any = None
+        self.lease: FailoverLease | None = None  # from start(): the coordinator's lease
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         self.connected = False
@@ -67,6 +70,7 @@ class ClusterLink:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.Redis.from_url(self.cfg.url, socket_connect_timeout=2, socket_timeout=5)
+        self.lease = FailoverLease(self._redis, self._lock_key, self.instance_id)
         try:
             await self._adopt_stored()
         except Exception as exc:  # noqa: BLE001 - any Redis failure: run alone for now
@@ -106,20 +110,6 @@ class ClusterLink:
             log.info("cluster_published new=%s epoch=%s stored=%s", event.new, event.epoch, bool(stored))
         except Exception as exc:  # noqa: BLE001
             log.warning("cluster_publish_failed new=%s epoch=%s error=%r", event.new, event.epoch, exc)
-
-    async def take_failover_lock(self, ttl_ms: int = 30000) -> bool:
-        """True if this instance should perform the failover (or Redis cannot say)."""
-        if self._redis is None:
-            return True
-        try:
-            got = await self._redis.set(self._lock_key, self.instance_id, nx=True, px=ttl_ms)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cluster_lock_unavailable error=%r (failing over alone)", exc)
-            return True
-        if not got:
-            holder = await self._redis.get(self._lock_key)
-            log.info("cluster_failover_by_other holder=%s", holder.decode() if holder else "?")
-        return bool(got)
 
     # -- incoming ---------------------------------------------------------------------------------
 
