@@ -64,7 +64,9 @@ def plan_resume(
     writable = [h.name for h in detached if h.read_only is False]
     read_only = [h.name for h in detached if h.read_only is True]
     if len(writable) > 1:
-        return Resume(conflict=f"several writable servers replicate from nobody: {_names(writable)}")
+        return Resume(
+            conflict=f"several writable servers replicate from nobody: {_names(writable)}"
+        )
     if writable and read_only:
         return Resume(
             conflict=f"{writable[0]} is writable but {_names(read_only)} also left replication"
@@ -78,9 +80,7 @@ def plan_resume(
     if read_only:
         return Resume(finish=read_only[0])
     stopped = tuple(
-        h.name
-        for h in live
-        if h.master_name == old and (h.io_state == "No" or not h.sql_running)
+        h.name for h in live if h.master_name == old and (h.io_state == "No" or not h.sql_running)
     )
     return Resume(restart=stopped)
 
