@@ -517,8 +517,7 @@ class FailoverCoordinator:
             h = await self._monitor.probe_now(name)
             if master is None or not (h.read_only is True and h.master_name == master):
                 return
-            theirs = await self._value(master, "SELECT @@gtid_binlog_state")
-            mine = await self._value(name, "SELECT @@gtid_binlog_state")
+            mine, theirs = await self._histories(name, master)
             try:
                 missing = gtid_missing(theirs, mine)
             except GtidError as e:
@@ -1077,8 +1076,7 @@ class FailoverCoordinator:
 
     async def _diverged(self, rec: FailoverRecord | None, name: str, master: str) -> bool:
         """Whether `name` holds transactions `master` lacks; if so it is left OFFLINE_HARD."""
-        theirs = await self._value(master, "SELECT @@gtid_binlog_state")
-        mine = await self._value(name, "SELECT @@gtid_binlog_state")
+        mine, theirs = await self._histories(name, master)
         try:
             missing = gtid_missing(theirs, mine)
         except GtidError as e:
@@ -1096,6 +1094,14 @@ class FailoverCoordinator:
         return True
 
     # -- helpers --------------------------------------------------------------------------------
+
+    async def _histories(self, name: str, master: str) -> tuple[str, str]:
+        """@@gtid_binlog_state of `name`, then of `master`. In that order: a replica that
+        receives more between the two reads gets it from the master, whose later state
+        then has it too, so a busy replica is never taken for a diverged one."""
+        mine = await self._value(name, "SELECT @@gtid_binlog_state")
+        theirs = await self._value(master, "SELECT @@gtid_binlog_state")
+        return mine, theirs
 
     def _other_replicas(self, new: str, old: str) -> list[str]:
         """Live replicas to repoint: every reachable server with replication configured."""
