@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pymysql
 import pytest
 import redis
 from baton_process import BatonProcess, admin_rows, wait_for
@@ -37,6 +38,21 @@ pytestmark = pytest.mark.slow
 
 REPL = {"replication_user": "repl", "replication_password": "repl"}
 BOUND_S = LEASE_TTL_MS / 1000 + 3
+
+
+def write_server_id(proc: BatonProcess) -> int:
+    """The server id that took one autocommit INSERT through Baton (errors raise)."""
+    conn = pymysql.connect(host="127.0.0.1", port=proc.proxy_port, user="app", password="app",
+                           database="test", autocommit=True, read_timeout=15)
+    try:
+        with conn.cursor() as cur:
+            token = uuid.uuid4().hex
+            cur.execute("INSERT INTO cluster_probe VALUES (%s, @@server_id)", (token,))
+            cur.execute("/* baton:master */ SELECT server_id FROM cluster_probe WHERE token = %s",
+                        (token,))
+            return int(cur.fetchone()[0])  # type: ignore[index]
+    finally:
+        conn.close()
 
 
 def test_survivors_take_over_from_a_lease_holder_killed_after_it_set_the_master_writable(
@@ -74,9 +90,18 @@ def test_survivors_take_over_from_a_lease_holder_killed_after_it_set_the_master_
     new = writable[0]
     other = next(r for r in sb.replicas if r is not new)
 
-    firsts = []
+    # A client logging in to a survivor that has not yet seen db1 die may get 9100 (its
+    # login needs the master); the measure is the first write that succeeds on the new master.
+    firsts, errors = [], []
     for proc in survivors:
-        assert write_lands_on(proc) == new.server_id, proc.log_text()[-3000:]
+        while True:
+            try:
+                if write_server_id(proc) == new.server_id:
+                    break
+            except pymysql.err.MySQLError as e:
+                errors.append(e.args)
+            assert time.monotonic() - died < BOUND_S + 5, (errors, proc.log_text()[-3000:])
+            time.sleep(0.05)
         firsts.append(time.monotonic() - died)
 
     def other_follows_new() -> bool:
@@ -88,7 +113,7 @@ def test_survivors_take_over_from_a_lease_holder_killed_after_it_set_the_master_
     repointed = time.monotonic() - died
     print(f"\nholder died {died - killed:.2f}s after the master kill; first write on {new.name} "
           f"through the survivors {', '.join(f'{t:.2f}s' for t in firsts)} after its death; "
-          f"{other.name} repointed within {repointed:.2f}s")
+          f"{other.name} repointed within {repointed:.2f}s; errors before: {errors}")
     assert max(firsts) <= BOUND_S, firsts
     assert repointed <= BOUND_S
 
