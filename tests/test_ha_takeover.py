@@ -190,3 +190,49 @@ def test_a_takeover_restarts_replication_the_dead_holder_stopped_then_elects(
         assert h.of(MasterPromoted)[0][1] == MasterPromoted("db1", "db2", 2, "auto")
 
     run(main())
+
+
+def test_a_holder_whose_lease_was_taken_stops_and_rolls_back_before_making_a_master(
+    make_sandbox: Callable[..., ReplicationSandbox], redis_server: RedisInstance
+) -> None:
+    """The fencing token at work: a holder stalled past its lease (here: waiting for its
+    candidate to apply) finds another instance's lease and undoes what it did."""
+    import redis.asyncio as aioredis
+
+    sb = make_sandbox()
+    db1, db2, _ = sb.instances
+    db1.sql("CREATE TABLE test.slow (id INT PRIMARY KEY)")
+    sb.wait_caught_up()
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        key = f"baton:test-{uuid.uuid4().hex[:8]}:failover-lock"
+        h = Harness(sb, failover=FailoverConfig(mode="auto", min_interval_s=0, **REPL),
+                    db3={"promotable": False})
+        assert h.coordinator is not None
+        h.coordinator.lease = FailoverLease(client, key, "stalled")
+        blocker = await asyncio.to_thread(db2.connect)
+        async with h:
+            await until(lambda: all(x.replication_checked_at for x in h.monitor.all_health()), 10, "samples")
+            # db2's applier waits on a table lock: the promotion waits for it to apply.
+            await asyncio.to_thread(blocker.cursor().execute, "LOCK TABLES test.slow WRITE")
+            await asyncio.to_thread(db1.sql, "INSERT INTO test.slow VALUES (1)")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(db1.kill)
+            await until(lambda: "db2: STOP SLAVE IO_THREAD" in steps(h), 15, "promotion not begun")
+            await client.set(key, encode("other", 2), px=10_000)  # its lease ran out; taken
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(blocker.close)  # db2 applies; the holder goes on, and stops
+            await until(lambda: h.coordinator is not None and h.coordinator.timeline.records()[-1].finished,
+                        15, "attempt not ended")
+            text = steps(h)
+            assert "lease ran out or was taken" in text and "rolling back" in text, text
+            assert "db2: START SLAVE" in text and "db2: RESET SLAVE ALL" not in text, text
+            assert h.of(MasterPromoted) == []
+            assert int(await asyncio.to_thread(db2.variable, "read_only")) == 1
+            status = await asyncio.to_thread(db2.slave_status)
+            assert status is not None and status["Slave_SQL_Running"] == "Yes"
+            assert status["Slave_IO_Running"] != "No", status
+        await client.aclose()
+
+    run(main())
