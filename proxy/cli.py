@@ -333,6 +333,29 @@ def switchover(target: str, config_path: str | None, admin_addr: str | None, adm
 
 
 @main.command()
+@click.option("--to", "target", default=None, metavar="NAME",
+              help="Backend to promote (default: the one the election picks).")
+@_ops_options
+def failover(target: str | None, config_path: str | None, admin_addr: str | None,
+             admin_user: str | None, admin_password: str | None, timeout: float) -> None:
+    """Fail over a dead master now, whatever [failover] mode says.
+
+    The same steps as automatic failover: the replica that has received the most (or NAME,
+    if it has) applies its relay log, takes the writes, the others are repointed to it and
+    the old master is fenced. Refused while the master answers: use switchover then.
+
+    \b
+    Examples:
+      baton failover --config /etc/baton/config.toml
+      baton failover --to db3
+    """
+    command = "FAILOVER" + (f" TO {_quote_name(target)}" if target else "")
+    with _connect(config_path, admin_addr, admin_user, admin_password, timeout) as admin:
+        columns, rows = admin.query(command)
+    click.echo(format_table(columns, rows))
+
+
+@main.command()
 @click.option("--pid-file", default=None, type=click.Path(dir_okay=False),
               help="Send SIGHUP to the pid in this file (default: [proxy] pid_file of --config). "
               "Without a pid file, RELOAD is sent through the admin port.")

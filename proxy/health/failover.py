@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from proxy.backend import BackendError, QueryError
@@ -36,6 +37,7 @@ from proxy.config import BackendConfig, FailoverConfig
 from proxy.health.election import (
     GtidError,
     Refusal,
+    ReplicaStatus,
     choose_candidate,
     gtid_contains,
     master_confirmed_dead,
@@ -52,7 +54,7 @@ from proxy.health.events import (
 )
 from proxy.health.monitor import BackendHealth, Monitor, cancel_all
 from proxy.health.states import BackendState
-from proxy.health.timeline import FailoverRecord, Timeline
+from proxy.health.timeline import PROMOTED, FailoverRecord, Timeline
 from proxy.health.topology import Topology, TopologyError
 
 log = logging.getLogger("baton.failover")
@@ -68,6 +70,12 @@ CONFIRM_FAST_S = 10.0
 
 _LOST_STATES = (BackendState.SHUNNED, BackendState.OFFLINE_HARD)
 _FIRST_RECORD_KIND = {"auto": "auto", "follow": "observed", "manual": "admin"}
+# What a failover record waits for, in the modes where Baton does not promote by itself.
+_WAITING_FOR = {
+    "follow": "waiting for a promotion made elsewhere (mode follow); FAILOVER or "
+    "SET FAILOVER MODE 'auto' lets Baton promote",
+    "manual": "waiting for an operator (mode manual): FAILOVER [TO 'name'] promotes",
+}
 
 
 class PromotionRefused(Exception):
@@ -110,6 +118,9 @@ class FailoverCoordinator:
         self._warned: set[tuple[str, str]] = set()  # (backend, problem) logged once
         # Asked before an automatic failover: may this instance perform it? (ClusterLink)
         self.failover_gate: Callable[[], Awaitable[bool]] | None = None
+        # Failovers an operator ordered (record id -> target or None, source): carried out
+        # in any mode, past the anti-flap interval.
+        self._ordered: dict[int, tuple[str | None, PromotionSource]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -126,12 +137,31 @@ class FailoverCoordinator:
         await cancel_all(list(self._tasks))
 
     def update(self, cfg: FailoverConfig, backends: Sequence[BackendConfig]) -> None:
-        """Config reload: a new mode applies to the next event."""
-        if cfg.mode != self._cfg.mode:
-            log.info("failover_mode old=%s new=%s", self._cfg.mode, cfg.mode)
+        """Config reload. A new mode applies to the next event, and to the present: a
+        switch to auto while the master is already lost starts the failover now."""
+        old_mode = self._cfg.mode
+        if cfg.mode != old_mode:
+            log.info("failover_mode old=%s new=%s", old_mode, cfg.mode)
         self._cfg = cfg
         self._backends = {b.name: b for b in backends}
         self._warned.clear()
+        if cfg.mode == "auto" and old_mode != "auto":
+            self._fail_over_lost_master()
+
+    def set_mode(self, mode: str) -> None:
+        """The admin's SET FAILOVER MODE: like a reload changing only [failover] mode (the
+        next reload or restart applies the file's mode again)."""
+        if mode not in _FIRST_RECORD_KIND:
+            raise PromotionRefused(f"unknown failover mode {mode!r}: auto, follow or manual")
+        self.update(replace(self._cfg, mode=mode), list(self._backends.values()))
+
+    def _fail_over_lost_master(self) -> None:
+        master = self._topology.master
+        if master is None or self._topology.state(master) not in _LOST_STATES:
+            return
+        rec = self.timeline.open_record(old=master) or self.timeline.open("auto", master)
+        self._step(rec, f"mode auto while {master} is lost: failing over now", logging.WARNING)
+        self._spawn(self._auto_failover(rec, master))
 
     # -- state the router and the admin port read ---------------------------------------------
 
@@ -369,6 +399,8 @@ class FailoverCoordinator:
         )
         if mode == "auto":
             self._spawn(self._auto_failover(rec, event.name))
+        elif mode in _WAITING_FOR:
+            self._step(rec, _WAITING_FOR[mode])
 
     def _on_sample(self, h: BackendHealth) -> None:
         topo = self._topology
@@ -420,6 +452,93 @@ class FailoverCoordinator:
         finally:
             self._adopting = False
 
+    # -- ordered by an operator: admin FAILOVER, `baton failover` ------------------------------
+
+    async def failover(self, to: str | None = None, *, source: str = "admin") -> FailoverRecord:
+        """Fail over a lost master now, in any mode (MaxScale's `failover`).
+
+        The same steps as an automatic failover: the election (restricted to `to` if
+        given, which must still have received all any live replica has), the relay-log
+        wait, repointing, fencing and the timeline; not held back by min_interval_s.
+        PromotionRefused says why not: the master answers (a planned change is a
+        SWITCHOVER), a replica still receives from it, or no candidate qualifies.
+        """
+        if source not in PROMOTION_SOURCES:
+            raise PromotionRefused(f"unknown promotion source {source!r}")
+        old = self._topology.master
+        self._check_failover(old, to)
+        assert old is not None
+        await self._check_replicas_lost(old)
+        rec = self.timeline.open_record(old=old) or self.timeline.open("admin", old)
+        self._ordered[rec.id] = (to, cast(PromotionSource, source))
+        self._step(
+            rec,
+            f"{source} ordered a failover of {old}" + (f" to {to}" if to else ""),
+            logging.WARNING,
+        )
+        try:
+            await self._auto_failover(rec, old)
+        finally:
+            self._ordered.pop(rec.id, None)
+        if rec.outcome != PROMOTED:
+            why = rec.error or rec.outcome
+            if not rec.finished:
+                why = rec.steps[-1][1] if rec.steps else "not carried out"
+            raise PromotionRefused(f"failover of {old} not done: {why}")
+        return rec
+
+    def _check_failover(self, old: str | None, to: str | None) -> None:
+        topo = self._topology
+        if old is None:
+            raise PromotionRefused("no master is known: PROMOTE 'name' adopts a writable server")
+        state = topo.state(old)
+        if state not in _LOST_STATES:
+            raise PromotionRefused(
+                f"master {old} is alive ({state}): use SWITCHOVER TO 'name' for a planned change"
+            )
+        if to is None:
+            return
+        if to not in topo.backends():
+            raise PromotionRefused(f"unknown backend {to!r}")
+        if to == old:
+            raise PromotionRefused(f"{to} is the master being replaced")
+        if topo.is_fenced(to):
+            raise PromotionRefused(f"{to} is fenced and cannot become master again")
+        backend = self._backends.get(to)
+        if backend is not None and not backend.promotable:
+            raise PromotionRefused(f"{to} has promotable = false")
+        h = self._monitor.health(to)
+        if not h.alive:
+            raise PromotionRefused(f"{to} is unreachable ({h.last_error})")
+
+    async def _check_replicas_lost(self, old: str) -> None:
+        """Refuse while a replica still receives from `old`: it is alive for them, and
+        Baton alone losing it is a network problem, not a dead master."""
+        asked = self._clock()
+        names = [n for n in self._monitor.backends() if n != old]
+        healths = await asyncio.gather(*(self._monitor.probe_now(n) for n in names))
+        connected = [h.name for h in healths if _io_opinion(h, old, asked)]
+        if connected:
+            raise PromotionRefused(
+                f"{', '.join(connected)} still replicate(s) from {old}: it is alive for them; "
+                "fix Baton's path to it, or use SWITCHOVER once it answers"
+            )
+
+    def _acting(self, rec: FailoverRecord) -> bool:
+        """Whether Baton carries out the failover of `rec`: auto mode, or an operator said so."""
+        return self._cfg.mode == "auto" or rec.id in self._ordered
+
+    def _candidates(self, rec: FailoverRecord) -> list[ReplicaStatus]:
+        """The election's input; with an ordered target, only it may win."""
+        statuses = self._monitor.replica_statuses()
+        to = self._ordered.get(rec.id, (None, "admin"))[0]
+        if to is None:
+            return statuses
+        return [replace(s, promotable=s.promotable and s.name == to) for s in statuses]
+
+    def _source(self, rec: FailoverRecord) -> PromotionSource:
+        return self._ordered[rec.id][1] if rec.id in self._ordered else "auto"
+
     # -- automatic failover ---------------------------------------------------------------------
 
     async def _auto_failover(self, rec: FailoverRecord, old: str) -> None:
@@ -429,7 +548,7 @@ class FailoverCoordinator:
             if not await self._confirm_dead(rec, old):
                 return
             async with self._lock:
-                if self._topology.master != old or self._cfg.mode != "auto":
+                if self._topology.master != old or not self._acting(rec):
                     self.timeline.finish(rec, "cancelled: master changed meanwhile")
                     return
                 if self._refused_by_anti_flap(rec):
@@ -439,7 +558,7 @@ class FailoverCoordinator:
                     # through Redis and completes this record.
                     self._step(rec, "another Baton instance performs this failover")
                     return
-                choice = choose_candidate(self._monitor.replica_statuses())
+                choice = choose_candidate(self._candidates(rec))
                 if isinstance(choice, Refusal):
                     self._step(rec, f"no candidate: {choice.reason}", logging.ERROR)
                     self.timeline.finish(rec, f"refused: {choice.reason}")
@@ -455,14 +574,14 @@ class FailoverCoordinator:
                 )
                 await self._take_writes(rec, new, semi)
                 await self._repoint(rec, self._other_replicas(new, old), new, semi)
-                self._publish_promotion(rec, new, "auto", old, None)
+                self._publish_promotion(rec, new, self._source(rec), old, None)
                 self._last_auto_at = self._clock()
         except (PromotionRefused, BackendError, QueryError, TopologyError) as e:
             self._step(rec, f"failover failed: {e}", logging.ERROR)
             self.timeline.finish(rec, "failed", str(e))
 
     def _refused_by_anti_flap(self, rec: FailoverRecord) -> bool:
-        if self._last_auto_at is None:
+        if self._last_auto_at is None or rec.id in self._ordered:
             return False
         since = self._clock() - self._last_auto_at
         if since >= self._cfg.min_interval_s:
@@ -481,7 +600,7 @@ class FailoverCoordinator:
         started = self._clock()
         waiting_said = False
         while True:
-            if topo.master != old or self._cfg.mode != "auto":
+            if topo.master != old or not self._acting(rec):
                 self.timeline.finish(rec, "cancelled: master changed meanwhile")
                 return False
             if topo.state(old) not in _LOST_STATES:
