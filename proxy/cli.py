@@ -62,12 +62,19 @@ def run(config_path: str) -> None:
 
 @main.command("check-config")
 @CONFIG_OPTION
-def check_config(config_path: str) -> None:
+@click.option("--probe", is_flag=True,
+              help="Also log in to every backend as the monitor account and read SHOW GRANTS: "
+              "say which operations (monitor, promote, repoint, fence, switchover) it allows.")
+def check_config(config_path: str, probe: bool) -> None:
     """Validate a config file; print what is wrong or what it would run.
 
+    With --probe, exits 1 when a backend's grants cannot be read or the configured
+    failover mode cannot work with them.
+
     \b
-    Example:
+    Examples:
       baton check-config --config config.toml && systemctl reload baton
+      baton check-config --config config.toml --probe
     """
     from .config import ConfigError, describe, load_config
 
@@ -77,6 +84,26 @@ def check_config(config_path: str) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     click.echo(describe(config))
+    if probe and not _probe_privileges(config):
+        sys.exit(1)
+
+
+def _probe_privileges(config: Config) -> bool:
+    """Print what the monitor account may do per backend; False if something is wrong."""
+    import asyncio
+
+    from .health.privileges import Capabilities, PrivilegeReport
+
+    report = PrivilegeReport()
+    master = next((b.name for b in config.backends if b.role == "master"), None)
+    verdict = asyncio.run(
+        report.refresh(config.backends, config.monitor, config.failover, master)
+    )
+    click.echo(f"\nprivileges of monitor account {config.monitor.user!r} (SHOW GRANTS):")
+    for line in report.text(config.failover.mode):
+        click.echo(line)
+    unread = any(not isinstance(c, Capabilities) for c in report.probed.values())
+    return not unread and (verdict.auto or config.failover.mode != "auto")
 
 
 @main.command()
