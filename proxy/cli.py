@@ -113,12 +113,20 @@ def _probe_privileges(config: Config) -> bool:
 @click.option("--port", default=6033, show_default=True, help="Port Baton listens on.")
 @click.option("--admin-port", default=6032, show_default=True, help="Admin port.")
 @click.option("--metrics-port", default=6070, show_default=True, help="Metrics port.")
-def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metrics_port: int) -> None:
+@click.option("--failover-mode", type=click.Choice(["auto", "follow", "manual"]), default="auto",
+              show_default=True, help="Baton's [failover] mode.")
+@click.option("--kill-master", is_flag=True,
+              help="Demo: kill the master (SIGKILL) under a write load through Baton and print "
+              "what the clients saw and the failover timeline.")
+def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metrics_port: int,
+            failover_mode: str, kill_master: bool) -> None:
     """Start a local MariaDB GTID topology (1 master, 2 replicas) with Baton in front.
 
     \b
     Examples:
       baton sandbox                 # then: mariadb -h127.0.0.1 -P6033 -uapp -papp
+      baton sandbox --kill-master   # watch a failover: clients' view and Baton's timeline
+      baton sandbox --failover-mode manual   # then kill the master and run: baton failover
       baton sandbox --down          # stop and delete it
     """
     from .sandbox import run_sandbox, sandbox_down
@@ -128,7 +136,8 @@ def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metri
         sandbox_down(path)
         click.echo(f"sandbox in {path} stopped and removed")
         return
-    run_sandbox(path, proxy_port=port, admin_port=admin_port, metrics_port=metrics_port, echo=click.echo)
+    run_sandbox(path, proxy_port=port, admin_port=admin_port, metrics_port=metrics_port,
+                echo=click.echo, failover_mode=failover_mode, kill_master=kill_master)
 
 
 
