@@ -176,3 +176,17 @@ def test_set_failover_mode_auto_with_a_dead_master_fails_over(
     print(f"\nSET FAILOVER MODE 'auto': first write {resumed:.3f} s after it")
     assert resumed <= RESUME_S, timeline(proc)
     only_in_flight_at_the_kill(load, switched_at)
+
+
+def test_a_waiting_record_is_closed_when_the_master_comes_back(
+    make_sandbox: MakeSandbox, baton: StartBaton
+) -> None:
+    sb, proc = topology_with_baton(make_sandbox, baton, mode="follow")
+    sb.master.kill()
+    wait_for(lambda: master_lost(proc), 5, "db1 lost")
+    sb.master.start()
+    rec = wait_for(lambda: (r := admin_rows(proc, "SHOW FAILOVERS")[0])["outcome"] != "in progress"
+                   and r, 10, f"the record closed\n{timeline(proc)}")
+    assert rec["outcome"] == "cancelled: master came back", rec
+    assert "db1 answers again" in str(rec["steps"]), rec
+    assert master_row(proc)["name"] == "db1"

@@ -407,6 +407,8 @@ class FailoverCoordinator:
         self._recheck_split_brain()
         if h.name not in topo.backends():
             return
+        if h.name == topo.master and h.alive:
+            self._close_if_master_back(h.name)
         follows = self._cfg.mode in ("follow", "auto") or topo.master is None
         if follows and not self._lock.locked() and not self._adopting:
             candidate = topo.observed_promotion_candidate()
@@ -427,6 +429,21 @@ class FailoverCoordinator:
         ):
             # A replica that was down during the failover still points at the old master.
             self._spawn(self._repoint_stray(h.name))
+
+    def _close_if_master_back(self, master: str) -> None:
+        """A record waiting (follow/manual mode) for a master that answers again is over:
+        it must not stay "in progress" with a reason that no longer holds."""
+        rec = self.timeline.open_record(old=master)
+        if (
+            rec is None
+            or rec.id in self._ordered
+            or rec.decided_at is not None
+            or self._cfg.mode == "auto"  # the automatic failover closes its own record
+            or self._topology.state(master) in _LOST_STATES
+        ):
+            return
+        self._step(rec, f"{master} answers again: nothing to do")
+        self.timeline.finish(rec, "cancelled: master came back")
 
     def _recheck_split_brain(self) -> None:
         if self._split_brain is None:
