@@ -17,9 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from baton_process import REPO_ROOT, admin_rows, wait_for
 
 from proxy.sandbox import free_ports
+from proxy.sandbox.baton_process import REPO_ROOT, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

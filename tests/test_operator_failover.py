@@ -13,7 +13,6 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_e2e_failover import (
     MakeSandbox,
     StartBaton,
@@ -28,6 +27,7 @@ from test_e2e_failover import (
 )
 
 from proxy.sandbox import ReplicationSandbox, toml_dumps
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 # The acceptance bound of issue 10: writes flow again this soon after the operator acts.
 RESUME_S = 3.0

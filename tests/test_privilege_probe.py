@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.config import BackendConfig, MonitorConfig
 from proxy.health.privileges import OPERATIONS, Requirement, probe, requirements
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 ER_SPECIFIC_ACCESS_DENIED = 1227
 

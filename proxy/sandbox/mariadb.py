@@ -877,7 +877,7 @@ def run_sandbox(
         from proxy import app  # lazy: the proxy itself is not needed to build topologies
 
         if kill_master:
-            from proxy.sandbox_demo import demo_in_background
+            from proxy.sandbox.demo import demo_in_background
 
             echo("demo: 4 clients write through Baton; in 2 s the master is killed (SIGKILL)")
             demo_in_background(sandbox, proxy_port, admin_port, echo)
