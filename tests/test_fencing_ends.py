@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import pymysql
 import pytest
-from baton_process import REPO_ROOT, BatonProcess, admin_rows, wait_for
 from test_cluster import write_lands_on
 
 from proxy.sandbox import MariaDBInstance, RedisInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import REPO_ROOT, BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

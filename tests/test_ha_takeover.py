@@ -25,7 +25,6 @@ from collections.abc import Callable
 import pymysql
 import pytest
 import redis
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_cluster import write_lands_on
 from test_monitor import Harness, run, until
 
@@ -33,6 +32,7 @@ from proxy.config import FailoverConfig
 from proxy.health.events import MasterPromoted
 from proxy.health.lease import LEASE_TTL_MS, FailoverLease, encode
 from proxy.sandbox import RedisInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

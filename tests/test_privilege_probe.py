@@ -1,5 +1,6 @@
 """Privileges against a live MariaDB: the requirement table is what the server enforces, and
-Baton reads an account's grants (probe) before any failover needs them.
+Baton reads an account's grants (probe) before any failover needs them: in its start-up
+log, in SHOW BACKENDS (can, cannot) and in `baton check-config --probe`.
 
 For every statement Baton runs during a change of master, a user holding only the privilege
 the table names runs it, a user holding nothing is refused with 1227, and SUPER works
@@ -9,7 +10,9 @@ exactly where the table lists it as an alternative.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pymysql
@@ -17,7 +20,8 @@ import pytest
 
 from proxy.config import BackendConfig, MonitorConfig
 from proxy.health.privileges import OPERATIONS, Requirement, probe, requirements
-from proxy.sandbox import MariaDBInstance, free_port
+from proxy.sandbox import MariaDBInstance, ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 ER_SPECIFIC_ACCESS_DENIED = 1227
 
@@ -107,3 +111,59 @@ def test_probe_reads_the_monitor_accounts_grants(server: MariaDBInstance) -> Non
     limited = asyncio.run(probe(backend, MonitorConfig(user="noreload", password="pw")))
     assert limited.cannot == ("promote", "switchover")
     assert limited.missing_text("promote") == "RELOAD (for RESET SLAVE ALL)"
+
+
+NO_RELOAD = "SLAVE MONITOR, REPLICATION SLAVE ADMIN, READ_ONLY ADMIN"
+
+
+def test_a_monitor_account_without_reload_is_reported_before_any_failover(
+    make_sandbox: Callable[..., ReplicationSandbox], baton: Callable[..., BatonProcess]
+) -> None:
+    sb = make_sandbox()
+    sb.master.sql("CREATE USER 'norel'@'%' IDENTIFIED BY 'norel'")
+    sb.master.sql(f"GRANT {NO_RELOAD} ON *.* TO 'norel'@'%'")
+    sb.wait_caught_up()  # the account replicates to db2 and db3
+    proc = baton(
+        sb,
+        monitor={"user": "norel", "password": "norel"},
+        failover={"mode": "auto", "replication_user": "repl", "replication_password": "repl"},
+    )
+
+    def logged() -> list[str]:
+        return [line for line in proc.log_text().splitlines() if "automatic_failover" in line]
+
+    wait_for(logged, 10, "the privilege verdict in the log")
+    log = proc.log_text()
+    assert "privileges_missing backend=db2 operation=promote missing='RELOAD (for RESET SLAVE ALL)'" in log
+    verdict = logged()[0]
+    assert "level=warning" in verdict and "impossible" in verdict, verdict
+    assert "db2 lacks RELOAD (for RESET SLAVE ALL)" in verdict, verdict
+
+    rows = {r["name"]: r for r in admin_rows(proc, "SHOW BACKENDS")}
+    assert rows["db2"]["can"] == "monitor,repoint,fence", rows["db2"]
+    assert rows["db2"]["cannot"] == (
+        "promote: needs RELOAD (for RESET SLAVE ALL); switchover: needs RELOAD (for RESET SLAVE ALL)"
+    ), rows["db2"]
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--probe", "-c", str(proc.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    print(checked.stdout)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "db2: can: monitor, repoint, fence; cannot promote: needs RELOAD" in checked.stdout
+    assert "automatic failover: IMPOSSIBLE: no replica can be promoted: db2 lacks RELOAD" in (
+        checked.stdout
+    )
+
+    full = proc.config_path.read_text().replace('user = "norel"', 'user = "monitor"')
+    full = full.replace('password = "norel"', 'password = "monitor"')
+    full_path = proc.config_path.with_name("full.toml")
+    full_path.write_text(full)
+    checked = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--probe", "-c", str(full_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "automatic failover: possible (mode auto)" in checked.stdout
+    assert "switchover: possible" in checked.stdout

@@ -19,7 +19,6 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_cluster import write_lands_on
 from test_monitor import Harness, run, sql, until, value
 
@@ -27,6 +26,7 @@ from proxy.config import FailoverConfig
 from proxy.health.events import MasterPromoted
 from proxy.health.failover import FailoverCoordinator
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

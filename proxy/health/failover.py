@@ -48,6 +48,7 @@ from proxy.health.election import (
     Choice,
     GtidError,
     Refusal,
+    ReplicaStatus,
     choose_candidate,
     gtid_missing,
     master_confirmed_dead,
@@ -67,7 +68,7 @@ from proxy.health.monitor import BackendHealth, Monitor, cancel_all
 from proxy.health.privileges import capabilities_from_grants
 from proxy.health.states import BackendState
 from proxy.health.takeover import plan_resume
-from proxy.health.timeline import FailoverRecord, Timeline
+from proxy.health.timeline import PROMOTED, FailoverRecord, Timeline
 from proxy.health.topology import Topology, TopologyError
 
 log = logging.getLogger("baton.failover")
@@ -94,6 +95,12 @@ UNFENCE_CHECK_S = 5.0
 
 _LOST_STATES = (BackendState.SHUNNED, BackendState.OFFLINE_HARD)
 _FIRST_RECORD_KIND = {"auto": "auto", "follow": "observed", "manual": "admin"}
+# What a failover record waits for, in the modes where Baton does not promote by itself.
+_WAITING_FOR = {
+    "follow": "waiting for a promotion made elsewhere (mode follow); FAILOVER or "
+    "SET FAILOVER MODE 'auto' lets Baton promote",
+    "manual": "waiting for an operator (mode manual): FAILOVER [TO 'name'] promotes",
+}
 _ROLLED_BACK = "rolled back"
 
 # Test-only fault point: BATON_TEST_CRASH_AFTER=set_writable makes the process exit (137, as
@@ -179,6 +186,9 @@ class FailoverCoordinator:
         self._retry_delay = MASTERLESS_RETRY_S
         self._fence_notes: dict[str, str] = {}  # fenced backend -> why it stays fenced
         self._unfence_checked: dict[str, float] = {}
+        # Failovers an operator ordered (record id -> target or None, source): carried out
+        # in any mode, past the anti-flap interval.
+        self._ordered: dict[int, tuple[str | None, PromotionSource]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,12 +205,31 @@ class FailoverCoordinator:
         await cancel_all(list(self._tasks))
 
     def update(self, cfg: FailoverConfig, backends: Sequence[BackendConfig]) -> None:
-        """Config reload: a new mode applies to the next event."""
-        if cfg.mode != self._cfg.mode:
-            log.info("failover_mode old=%s new=%s", self._cfg.mode, cfg.mode)
+        """Config reload. A new mode applies to the next event, and to the present: a
+        switch to auto while the master is already lost starts the failover now."""
+        old_mode = self._cfg.mode
+        if cfg.mode != old_mode:
+            log.info("failover_mode old=%s new=%s", old_mode, cfg.mode)
         self._cfg = cfg
         self._backends = {b.name: b for b in backends}
         self._warned.clear()
+        if cfg.mode == "auto" and old_mode != "auto":
+            self._fail_over_lost_master()
+
+    def set_mode(self, mode: str) -> None:
+        """The admin's SET FAILOVER MODE: like a reload changing only [failover] mode (the
+        next reload or restart applies the file's mode again)."""
+        if mode not in _FIRST_RECORD_KIND:
+            raise PromotionRefused(f"unknown failover mode {mode!r}: auto, follow or manual")
+        self.update(replace(self._cfg, mode=mode), list(self._backends.values()))
+
+    def _fail_over_lost_master(self) -> None:
+        master = self._topology.master
+        if master is None or self._topology.state(master) not in _LOST_STATES:
+            return
+        rec = self.timeline.open_record(old=master) or self.timeline.open("auto", master)
+        self._step(rec, f"mode auto while {master} is lost: failing over now", logging.WARNING)
+        self._spawn(self._auto_failover(rec, master))
 
     # -- state the router and the admin port read ---------------------------------------------
 
@@ -450,12 +479,16 @@ class FailoverCoordinator:
         )
         if mode == "auto":
             self._spawn(self._auto_failover(rec, event.name))
+        elif mode in _WAITING_FOR:
+            self._step(rec, _WAITING_FOR[mode])
 
     def _on_sample(self, h: BackendHealth) -> None:
         topo = self._topology
         self._recheck_split_brain()
         if h.name not in topo.backends():
             return
+        if h.name == topo.master and h.alive:
+            self._close_if_master_back(h.name)
         follows = self._cfg.mode in ("follow", "auto") or topo.master is None
         # While an automatic failover replaces this master, a replica turning writable is
         # that failover's doing (ours, or another instance's under the lease): its event, or
@@ -483,6 +516,21 @@ class FailoverCoordinator:
         ):
             # A replica that was down during the failover still points at the old master.
             self._spawn(self._repoint_stray(h.name))
+
+    def _close_if_master_back(self, master: str) -> None:
+        """A record waiting (follow/manual mode) for a master that answers again is over:
+        it must not stay "in progress" with a reason that no longer holds."""
+        rec = self.timeline.open_record(old=master)
+        if (
+            rec is None
+            or rec.id in self._ordered
+            or rec.decided_at is not None
+            or self._cfg.mode == "auto"  # the automatic failover closes its own record
+            or self._topology.state(master) in _LOST_STATES
+        ):
+            return
+        self._step(rec, f"{master} answers again: nothing to do")
+        self.timeline.finish(rec, "cancelled: master came back")
 
     def _recheck_split_brain(self) -> None:
         if self._split_brain is None:
@@ -556,6 +604,93 @@ class FailoverCoordinator:
         finally:
             self._adopting = False
 
+    # -- ordered by an operator: admin FAILOVER, `baton failover` ------------------------------
+
+    async def failover(self, to: str | None = None, *, source: str = "admin") -> FailoverRecord:
+        """Fail over a lost master now, in any mode (MaxScale's `failover`).
+
+        The same steps as an automatic failover: the election (restricted to `to` if
+        given, which must still have received all any live replica has), the relay-log
+        wait, repointing, fencing and the timeline; not held back by min_interval_s.
+        PromotionRefused says why not: the master answers (a planned change is a
+        SWITCHOVER), a replica still receives from it, or no candidate qualifies.
+        """
+        if source not in PROMOTION_SOURCES:
+            raise PromotionRefused(f"unknown promotion source {source!r}")
+        old = self._topology.master
+        self._check_failover(old, to)
+        assert old is not None
+        await self._check_replicas_lost(old)
+        rec = self.timeline.open_record(old=old) or self.timeline.open("admin", old)
+        self._ordered[rec.id] = (to, cast(PromotionSource, source))
+        self._step(
+            rec,
+            f"{source} ordered a failover of {old}" + (f" to {to}" if to else ""),
+            logging.WARNING,
+        )
+        try:
+            await self._auto_failover(rec, old)
+        finally:
+            self._ordered.pop(rec.id, None)
+        if rec.outcome != PROMOTED:
+            why = rec.error or rec.outcome
+            if not rec.finished:
+                why = rec.steps[-1][1] if rec.steps else "not carried out"
+            raise PromotionRefused(f"failover of {old} not done: {why}")
+        return rec
+
+    def _check_failover(self, old: str | None, to: str | None) -> None:
+        topo = self._topology
+        if old is None:
+            raise PromotionRefused("no master is known: PROMOTE 'name' adopts a writable server")
+        state = topo.state(old)
+        if state not in _LOST_STATES:
+            raise PromotionRefused(
+                f"master {old} is alive ({state}): use SWITCHOVER TO 'name' for a planned change"
+            )
+        if to is None:
+            return
+        if to not in topo.backends():
+            raise PromotionRefused(f"unknown backend {to!r}")
+        if to == old:
+            raise PromotionRefused(f"{to} is the master being replaced")
+        if topo.is_fenced(to):
+            raise PromotionRefused(f"{to} is fenced and cannot become master again")
+        backend = self._backends.get(to)
+        if backend is not None and not backend.promotable:
+            raise PromotionRefused(f"{to} has promotable = false")
+        h = self._monitor.health(to)
+        if not h.alive:
+            raise PromotionRefused(f"{to} is unreachable ({h.last_error})")
+
+    async def _check_replicas_lost(self, old: str) -> None:
+        """Refuse while a replica still receives from `old`: it is alive for them, and
+        Baton alone losing it is a network problem, not a dead master."""
+        asked = self._clock()
+        names = [n for n in self._monitor.backends() if n != old]
+        healths = await asyncio.gather(*(self._monitor.probe_now(n) for n in names))
+        connected = [h.name for h in healths if _io_opinion(h, old, asked)]
+        if connected:
+            raise PromotionRefused(
+                f"{', '.join(connected)} still replicate(s) from {old}: it is alive for them; "
+                "fix Baton's path to it, or use SWITCHOVER once it answers"
+            )
+
+    def _acting(self, rec: FailoverRecord) -> bool:
+        """Whether Baton carries out the failover of `rec`: auto mode, or an operator said so."""
+        return self._cfg.mode == "auto" or rec.id in self._ordered
+
+    def _candidates(self, rec: FailoverRecord) -> list[ReplicaStatus]:
+        """The election's input; with an ordered target, only it may win."""
+        statuses = self._monitor.replica_statuses()
+        to = self._ordered.get(rec.id, (None, "admin"))[0]
+        if to is None:
+            return statuses
+        return [replace(s, promotable=s.promotable and s.name == to) for s in statuses]
+
+    def _source(self, rec: FailoverRecord) -> PromotionSource:
+        return self._ordered[rec.id][1] if rec.id in self._ordered else "auto"
+
     # -- automatic failover ---------------------------------------------------------------------
 
     async def _auto_failover(self, rec: FailoverRecord, old: str) -> None:
@@ -596,7 +731,7 @@ class FailoverCoordinator:
     def _still_to_do(self, rec: FailoverRecord, old: str) -> bool:
         """Whether the failover from `old` is still wanted; if not, the record says why."""
         topo = self._topology
-        if topo.master != old or self._cfg.mode != "auto":
+        if topo.master != old or not self._acting(rec):
             self.timeline.finish(rec, "cancelled: master changed meanwhile")
             return False
         if topo.state(old) not in _LOST_STATES:
@@ -631,7 +766,7 @@ class FailoverCoordinator:
             await asyncio.gather(*(self._monitor.probe_now(n) for n in plan.restart))
         tried: dict[str, str] = {}
         while True:
-            choice = await self._elect(old, tried, semi)
+            choice = await self._elect(rec, old, tried, semi)
             if isinstance(choice, Refusal):
                 rolled_back = any(why.startswith(_ROLLED_BACK) for why in tried.values())
                 outcome = "failed: rolled back" if rolled_back else f"refused: {choice.reason}"
@@ -664,20 +799,21 @@ class FailoverCoordinator:
         others = [n for n in self._other_replicas(new, old) if not self._follows(n, new)]
         await self._repoint(rec, others, new, semi)
         await self._confirm_lease(rec)
-        self._publish_promotion(rec, new, "auto", old, None)
+        self._publish_promotion(rec, new, self._source(rec), old, None)
         self._last_auto_at = self._clock()
 
-    async def _elect(self, old: str, tried: dict[str, str], semi: bool) -> Choice | Refusal:
+    async def _elect(
+        self, rec: FailoverRecord | None, old: str, tried: dict[str, str], semi: bool
+    ) -> Choice | Refusal:
         """The candidate choose_candidate picks among those not `tried` whose checks pass.
 
         A candidate the monitor account could not promote (SHOW GRANTS) is added to `tried`
-        with the reason; the Refusal names every candidate set aside and why.
+        with the reason; the Refusal names every candidate set aside and why. With `rec`, an
+        operator's FAILOVER TO restricts the candidates.
         """
         while True:
-            statuses = [
-                replace(s, promotable=False) if s.name in tried else s
-                for s in self._monitor.replica_statuses()
-            ]
+            candidates = self._candidates(rec) if rec else self._monitor.replica_statuses()
+            statuses = [replace(s, promotable=False) if s.name in tried else s for s in candidates]
             choice = choose_candidate(statuses)
             if isinstance(choice, Refusal):
                 if not tried:
@@ -740,7 +876,7 @@ class FailoverCoordinator:
             raise
         await self._repoint(rec, self._other_replicas(new, old), new, semi)
         await self._confirm_lease(rec)
-        self._publish_promotion(rec, new, "auto", old, None)
+        self._publish_promotion(rec, new, self._source(rec), old, None)
         self._last_auto_at = self._clock()
 
     def _masterless(
@@ -771,7 +907,7 @@ class FailoverCoordinator:
                 return
             if self._lock.locked() or old in self._failing_over:
                 continue
-            choice = await self._elect(old, {}, self._semi_sync_wanted(old))
+            choice = await self._elect(None, old, {}, self._semi_sync_wanted(old))
             if isinstance(choice, Refusal):
                 if choice.reason != cause:
                     cause = self._masterless_cause = choice.reason
@@ -856,7 +992,7 @@ class FailoverCoordinator:
         return False
 
     def _refused_by_anti_flap(self, rec: FailoverRecord) -> bool:
-        if self._last_auto_at is None:
+        if self._last_auto_at is None or rec.id in self._ordered:
             return False
         since = self._clock() - self._last_auto_at
         if since >= self._cfg.min_interval_s:

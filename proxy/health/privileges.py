@@ -22,13 +22,17 @@ MASTER_GTID_WAIT), so on MySQL only monitoring is of practical use today.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from proxy.backend import Credentials, QueryError, connect
-from proxy.config import BackendConfig, MonitorConfig
+from proxy.backend import BackendError, Credentials, QueryError, connect
+from proxy.config import BackendConfig, FailoverConfig, MonitorConfig
 from proxy.tls import client_context
+
+log = logging.getLogger("baton.privileges")
 
 OPERATIONS = ("monitor", "promote", "repoint", "fence", "switchover")
 
@@ -266,3 +270,177 @@ async def probe(
     server_version = (version.rows[0][0] or b"").decode()
     grants = [(r[0] or b"").decode("utf-8", "replace") for r in shown.rows]
     return capabilities_from_grants(grants, server_version, semi_sync=semi_sync)
+
+
+# -- the verdict: per backend, and whether auto failover and switchover can work ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether the accounts allow an automatic failover and a switchover, and if not, why."""
+
+    auto: bool
+    switchover: bool
+    why_not_auto: str = ""
+    why_not_switchover: str = ""
+
+
+Probed = Capabilities | str  # a backend's capabilities, or why they could not be read
+
+
+def judge(
+    probed: Mapping[str, Probed],
+    backends: Sequence[BackendConfig],
+    master: str | None,
+    failover: FailoverConfig,
+) -> Verdict:
+    """Auto failover needs some promotable replica that can be promoted (and repoint);
+    a switchover also needs the master to be fenced and repointed, and a replication_user."""
+    candidates = [b.name for b in backends if b.name != master and b.promotable]
+    if not candidates:
+        nobody = "no promotable replica is configured"
+        return Verdict(False, False, nobody, nobody)
+    able = [
+        n for n in candidates if isinstance(c := probed.get(n), Capabilities) and c.auto_failover
+    ]
+    why_auto = "" if able else _why_none(probed, candidates, ("monitor", "promote", "repoint"))
+    why_switch = why_auto
+    if not why_switch and not failover.replication_user:
+        why_switch = "no [failover] replication_user (the old master must become a replica)"
+    if not why_switch and master is not None:
+        held = probed.get(master)
+        if not isinstance(held, Capabilities):
+            why_switch = f"{master}'s privileges unknown: {held or 'not probed'}"
+        elif not (held.fence and held.repoint):
+            lacking = "; ".join(
+                held.missing_text(op) for op in ("fence", "repoint") if op in held.missing
+            )
+            why_switch = f"the master {master} cannot be fenced and repointed: needs {lacking}"
+    return Verdict(not why_auto, not why_switch, why_auto, why_switch)
+
+
+def _why_none(probed: Mapping[str, Probed], names: Sequence[str], ops: Sequence[str]) -> str:
+    reasons = []
+    for name in names:
+        c = probed.get(name)
+        if not isinstance(c, Capabilities):
+            reasons.append(f"{name}: privileges unknown ({c or 'not probed'})")
+            continue
+        lacking = dict.fromkeys(p for op in ops for p in c.missing.get(op, ()))
+        reasons.append(f"{name} lacks " + ", ".join(f"{p} (for {c.needed_by[p]})" for p in lacking))
+    return "no replica can be promoted: " + "; ".join(reasons)
+
+
+class PrivilegeReport:
+    """The last reading of every backend's grants, and what follows from it.
+
+    Read at start and on reload (log lines), shown by SHOW BACKENDS and
+    `baton check-config --probe`.
+    """
+
+    def __init__(self) -> None:
+        self.probed: dict[str, Probed] = {}
+        self.verdict: Verdict | None = None
+
+    async def refresh(
+        self,
+        backends: Sequence[BackendConfig],
+        monitor: MonitorConfig,
+        failover: FailoverConfig,
+        master: str | None,
+        *,
+        timeout: float = 5.0,
+    ) -> Verdict:
+        results = await asyncio.gather(
+            *(probe(b, monitor, timeout=timeout) for b in backends), return_exceptions=True
+        )
+        self.probed = {
+            b.name: r if isinstance(r, Capabilities) else _failure(r)
+            for b, r in zip(backends, results, strict=True)
+        }
+        self.verdict = judge(self.probed, backends, master, failover)
+        return self.verdict
+
+    def lines(self, mode: str) -> list[tuple[int, str]]:
+        """(log level, text) per backend and for the verdict; warnings for what cannot work."""
+        out: list[tuple[int, str]] = []
+        for name, c in self.probed.items():
+            if not isinstance(c, Capabilities):
+                out.append((logging.WARNING, f"privileges_unknown backend={name} reason={c!r}"))
+                continue
+            out.append((logging.INFO, f"privileges backend={name} can={','.join(c.can) or '-'}"))
+            for op in c.cannot:
+                out.append(
+                    (
+                        logging.WARNING,
+                        f"privileges_missing backend={name} operation={op} "
+                        f"missing={c.missing_text(op)!r}",
+                    )
+                )
+            for note in c.notes:
+                out.append((logging.WARNING, f"privileges_note backend={name} note={note!r}"))
+        v = self.verdict
+        if v is not None:
+            auto_level = logging.WARNING if not v.auto and mode == "auto" else logging.INFO
+            out.append(
+                (
+                    auto_level,
+                    "automatic_failover "
+                    + ("possible" if v.auto else f"impossible reason={v.why_not_auto!r}")
+                    + f" mode={mode}",
+                )
+            )
+            out.append(
+                (
+                    logging.INFO if v.switchover else logging.WARNING,
+                    "switchover "
+                    + (
+                        "possible"
+                        if v.switchover
+                        else f"impossible reason={v.why_not_switchover!r}"
+                    ),
+                )
+            )
+        return out
+
+    def text(self, mode: str) -> list[str]:
+        """For `baton check-config --probe`: one line per backend, then the verdict."""
+        out = [
+            f"  {name}: {c.summary() if isinstance(c, Capabilities) else f'unknown: {c}'}"
+            for name, c in self.probed.items()
+        ]
+        v = self.verdict
+        if v is not None:
+            out.append(
+                f"automatic failover: {'possible' if v.auto else 'IMPOSSIBLE: ' + v.why_not_auto}"
+                f" (mode {mode})"
+            )
+            out.append(
+                "switchover: "
+                + ("possible" if v.switchover else "IMPOSSIBLE: " + v.why_not_switchover)
+            )
+        return out
+
+    def log(self, mode: str) -> None:
+        for level, text in self.lines(mode):
+            log.log(level, "%s", text)
+
+    def can(self, name: str) -> str | None:
+        """SHOW BACKENDS' `can`: the operations possible on `name`, None if unknown."""
+        c = self.probed.get(name)
+        return ",".join(c.can) or "-" if isinstance(c, Capabilities) else None
+
+    def cannot(self, name: str) -> str | None:
+        """SHOW BACKENDS' `cannot`: each impossible operation with what it needs."""
+        c = self.probed.get(name)
+        if not isinstance(c, Capabilities):
+            return c  # why it is unknown
+        return "; ".join(f"{op}: needs {c.missing_text(op)}" for op in c.cannot) or None
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, BackendError):
+        return error.reason
+    if isinstance(error, QueryError):
+        return f"SHOW GRANTS refused: {error}"
+    return repr(error)
