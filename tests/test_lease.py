@@ -88,3 +88,30 @@ def test_an_unreachable_redis_is_reported_not_taken_for_a_free_lease() -> None:
             await client.aclose()
 
     _run(main())
+
+
+def test_values_can_be_encoded_another_way_for_example_signed(redis_server: RedisInstance) -> None:
+    def sign(instance: str, epoch: int) -> str:
+        return "signed:" + encode(instance, epoch)
+
+    def check(raw: bytes | str) -> tuple[str, int] | None:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return decode(text.removeprefix("signed:")) if text.startswith("signed:") else None
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        key = "baton:test-lease-signed:failover-lock"
+        await client.delete(key)
+        a = FailoverLease(client, key, "a", encoder=sign, decoder=check)
+        try:
+            assert await a.acquire(4)
+            assert (await client.get(key)).startswith(b"signed:")
+            assert (await a.holder()) is not None and (await a.holder()).epoch == 4  # type: ignore[union-attr]
+            assert await a.renew()
+            await client.set(key, encode("forger", 9), px=1000)  # not signed: not a lease
+            assert await a.holder() is None and not await a.renew()
+        finally:
+            await a.release()
+            await client.aclose()
+
+    _run(main())

@@ -8,8 +8,8 @@ and another instance takes over, resuming from what the servers say (see
 proxy.health.takeover). Renewing and releasing compare the stored value first (a small Lua
 script), so an instance whose lease expired can never extend or delete its successor's.
 
-Values are JSON made by `encode` and read by `decode`, the one place to wrap them (for
-example to sign them).
+Values are JSON made by `encode` and read by `decode`; a FailoverLease takes another pair
+(for example signed values) as `encoder`/`decoder`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +81,12 @@ class FailoverLease:
         *,
         ttl_ms: int = LEASE_TTL_MS,
         renew_every_s: float = RENEW_EVERY_S,
+        encoder: Callable[[str, int], str] = encode,
+        decoder: Callable[[bytes | str], tuple[str, int] | None] = decode,
     ) -> None:
         self._redis = redis
+        self._encode = encoder
+        self._decode = decoder
         self.key = key
         self.instance = instance
         self.ttl_ms = ttl_ms
@@ -96,7 +101,7 @@ class FailoverLease:
 
     async def acquire(self, epoch: int) -> bool:
         """Take the lease for the failover that creates `epoch`; False if someone holds it."""
-        value = encode(self.instance, epoch)
+        value = self._encode(self.instance, epoch)
         try:
             got = await self._redis.set(self.key, value, nx=True, px=self.ttl_ms)
         except Exception as exc:  # noqa: BLE001 - any Redis failure means "cannot say"
@@ -143,7 +148,7 @@ class FailoverLease:
             raise LeaseUnavailable(repr(exc)) from exc
         if raw is None:
             return None
-        decoded = decode(raw)
+        decoded = self._decode(raw)
         if decoded is None:
             log.warning("lease_unreadable key=%s value=%r", self.key, raw[:200])
             return None
