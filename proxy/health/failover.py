@@ -126,7 +126,10 @@ class LeaseLost(PromotionRefused):
 
 class FailoverLeaseLike(Protocol):
     """What the coordinator needs of the failover lease (proxy.health.lease.FailoverLease):
-    held by one instance at a time, for the failover that creates one epoch."""
+    held by one instance at a time, for the failover that creates one epoch. `acquire`
+    answers False only while another instance holds it (that holder may have begun: the
+    coordinator then resumes from the servers); it raises LeaseUnavailable when Redis
+    cannot be asked."""
 
     async def acquire(self, epoch: int) -> bool: ...
     async def renew(self) -> bool: ...
@@ -719,7 +722,7 @@ class FailoverCoordinator:
                         finally:
                             await self._release_lease()
                         return
-                took_over = True
+                took_over = True  # the lease was held: that holder may have begun
                 if not await self._watch_lease(rec, old):
                     return
         except (PromotionRefused, BackendError, QueryError, TopologyError) as e:
@@ -967,9 +970,12 @@ class FailoverCoordinator:
             try:
                 holder = await lease.holder()
             except LeaseUnavailable:
-                return True  # taking it says what to do without Redis
+                holder = None  # taking it says what to do without Redis
             if holder is None:
-                if seen is not None:
+                if seen is None:
+                    # Gone already (or Redis away): try again, but not in a tight loop.
+                    await asyncio.sleep(LEASE_POLL_S)
+                else:
                     self._step(
                         rec,
                         f"lease of {seen[0]} ran out before its promotion reached us: taking over",
