@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_e2e_core import launch_baton, pymysql_connect, scratch_table
 
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 StartBaton = Callable[..., BatonProcess]
 

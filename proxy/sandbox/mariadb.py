@@ -832,9 +832,14 @@ def run_sandbox(
     admin_port: int = 6032,
     metrics_port: int = 6070,
     echo: Callable[[str], Any] = print,
+    failover_mode: str = "auto",
+    kill_master: bool = False,
 ) -> None:
     """Start (or restart) a 3-server topology under state_dir and run Baton in front of it.
 
+    Baton runs in `failover_mode` with the replication account configured, so a killed
+    master is replaced and comes back as a replica. With `kill_master` a demo kills the
+    master under a write load and prints what the clients saw and the failover timeline.
     Blocks until Baton exits or Ctrl-C; then stops the servers it started. The datadirs stay,
     so the next run reuses them; `sandbox_down` removes them.
     """
@@ -858,14 +863,24 @@ def run_sandbox(
         echo(f"servers ready in {time.monotonic() - started:.1f}s")
         sandbox.save_state()
         config_path = state_dir / CONFIG_FILE
-        config_path.write_text(sandbox.config_toml(proxy_port, admin_port, metrics_port))
-        echo(f"config: {config_path}")
+        config_path.write_text(
+            sandbox.config_toml(
+                proxy_port, admin_port, metrics_port, **sandbox_sections(failover_mode, kill_master)
+            )
+        )
+        echo(f"config: {config_path} (failover mode {failover_mode})")
         echo(f"connect: mariadb -h127.0.0.1 -P{proxy_port} -uapp -papp test")
         echo(f"admin:   mariadb -h127.0.0.1 -P{admin_port} -uadmin -padmin")
         if metrics_port:
             echo(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
         echo("Ctrl-C stops Baton and the servers")
         from proxy import app  # lazy: the proxy itself is not needed to build topologies
+
+        if kill_master:
+            from proxy.sandbox.demo import demo_in_background
+
+            echo("demo: 4 clients write through Baton; in 2 s the master is killed (SIGKILL)")
+            demo_in_background(sandbox, proxy_port, admin_port, echo)
 
         app.run(str(config_path))
     except KeyboardInterrupt:
@@ -876,6 +891,23 @@ def run_sandbox(
             sandbox.refresh_roles()  # a failover during the run must survive a restart
         sandbox.stop()
         sandbox.save_state()
+
+
+def sandbox_sections(failover_mode: str, demo: bool) -> dict[str, Any]:
+    """Config sections of `baton sandbox`: failover with the template's replication account
+    (old masters rejoin as replicas); a demo keeps Baton's log to warnings, the demo's report
+    tells the story."""
+    sections: dict[str, Any] = {
+        "failover": {
+            "mode": failover_mode,
+            "replication_user": "repl",
+            "replication_password": "repl",
+            "auto_rejoin": True,
+        }
+    }
+    if demo:
+        sections["log"] = {"level": "warning"}
+    return sections
 
 
 def sandbox_down(state_dir: Path) -> None:

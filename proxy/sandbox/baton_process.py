@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.sandbox import spawn, terminate
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _port(listen: str) -> int | None:
