@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.sandbox import spawn, terminate
+from proxy.sandbox.processes import spawn, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
