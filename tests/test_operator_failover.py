@@ -190,3 +190,26 @@ def test_a_waiting_record_is_closed_when_the_master_comes_back(
     assert rec["outcome"] == "cancelled: master came back", rec
     assert "db1 answers again" in str(rec["steps"]), rec
     assert master_row(proc)["name"] == "db1"
+
+
+def test_failover_is_refused_when_no_candidate_qualifies(
+    make_sandbox: MakeSandbox, baton: StartBaton
+) -> None:
+    sb = make_sandbox()
+    backends = [
+        {"name": i.name, "address": i.address, "role": "master" if i is sb.master else "replica",
+         "promotable": i is sb.master}
+        for i in sb.instances
+    ]
+    proc = baton(sb, backends=backends, failover={"mode": "manual", "replication_user": "repl",
+                                                  "replication_password": "repl"})
+    wait_for(lambda: all(r["state"] == "ONLINE" for r in admin_rows(proc, "SHOW BACKENDS")), 10,
+             "backends ONLINE")
+    sb.master.kill()
+    wait_for(lambda: master_lost(proc), 5, "db1 lost")
+    reason = refused(proc, "FAILOVER")
+    assert "no live replica is promotable" in reason, reason
+    assert "promotable = false" in refused(proc, "FAILOVER TO 'db2'")
+    rec = admin_rows(proc, "SHOW FAILOVERS")[0]
+    assert rec["outcome"] == "refused: no live replica is promotable", timeline(proc)
+    assert master_row(proc)["name"] == "db1"
