@@ -21,6 +21,7 @@ from typing import Any
 
 import pymysql
 
+from proxy.sandbox.baton_process import admin_query
 from proxy.sandbox.topology import ReplicationSandbox
 
 CLIENTS = 4
@@ -106,24 +107,6 @@ class DemoResult:
     detected_after_s: float | None
 
 
-def _admin(port: int, statement: str) -> list[dict[str, Any]]:
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user="admin",
-        password="admin",
-        connect_timeout=5,
-        read_timeout=30,
-        cursorclass=pymysql.cursors.DictCursor,
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
 def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -140,7 +123,7 @@ def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
 def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> DemoResult | None:
     """Kill the master under a write load; None if Baton never became ready."""
     ready = _wait(
-        lambda: all(r["state"] == "ONLINE" for r in _admin(admin_port, "SHOW BACKENDS")), 60
+        lambda: all(r["state"] == "ONLINE" for r in admin_query(admin_port, "SHOW BACKENDS")), 60
     )
     if not ready:
         return None
@@ -166,7 +149,7 @@ def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> D
         assert c.thread is not None
         c.thread.join(10)
     after = [t for c in clients for t in c.acked if t > killed_at]
-    rows = _admin(admin_port, "SHOW FAILOVERS")
+    rows = admin_query(admin_port, "SHOW FAILOVERS")
     record = rows[0] if rows else None
     detected = None
     if record is not None:
