@@ -211,3 +211,25 @@ def test_failover_is_refused_when_no_candidate_qualifies(
     rec = admin_rows(proc, "SHOW FAILOVERS")[0]
     assert rec["outcome"] == "refused: no live replica is promotable", timeline(proc)
     assert master_row(proc)["name"] == "db1"
+
+
+def test_failover_of_a_master_the_operator_took_offline_fences_it(
+    make_sandbox: MakeSandbox, baton: StartBaton
+) -> None:
+    sb, proc = topology_with_baton(make_sandbox, baton, mode="manual", buffer_window_ms=20000)
+    load = run_load(proc, {"write": 4})
+    writing(load)
+    admin_rows(proc, "SET BACKEND 'db1' OFFLINE_HARD")
+    ordered_at = time.monotonic()
+    rows = admin_rows(proc, "FAILOVER")
+    new = wait_promoted(proc)
+    resumed = first_write_after(load, ordered_at)
+    stop_load(load)
+    rec = show_timeline(proc, "FAILOVER of an OFFLINE_HARD master")[0]
+    print(f"\nFAILOVER of a master taken offline: first write {resumed:.3f} s after it")
+    assert rows[0]["outcome"] == "promoted" and rows[0]["master"] == new, rows
+    assert resumed <= RESUME_S, timeline(proc)
+    assert "STOP SLAVE IO_THREAD" in str(rec["steps"]), rec
+    wait_for(lambda: sb.master.variable("read_only") == 1, 5, "db1 fenced read_only")
+    acked = [i for w in load for i in w.acked]
+    assert ids_on(sb.instance(new), acked) == set(acked)
