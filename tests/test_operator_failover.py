@@ -7,6 +7,9 @@ times printed (``pytest -s``) are from the command to the first write acknowledg
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import tomllib
 from typing import Any
@@ -27,7 +30,7 @@ from test_e2e_failover import (
 )
 
 from proxy.sandbox import ReplicationSandbox, toml_dumps
-from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import REPO_ROOT, BatonProcess, admin_rows, wait_for
 
 # The acceptance bound of issue 10: writes flow again this soon after the operator acts.
 RESUME_S = 3.0
@@ -62,6 +65,14 @@ def only_in_flight_at_the_kill(workers: list[Any], acted_at: float) -> None:
     late = [(w.index, code, msg) for w in workers for t, code, msg in w.errors
             if code != 9103 or t > acted_at]
     assert late == [], late
+
+
+def baton_failover(proc: BatonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "failover", "--admin", f"127.0.0.1:{proc.admin_port}",
+         "--admin-user", "admin", "--admin-password", "admin", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
 
 
 def refused(proc: BatonProcess, command: str) -> str:
@@ -113,14 +124,17 @@ def test_failover_to_a_named_replica_and_refusal_when_it_cannot_be_promoted(
     make_sandbox: MakeSandbox, baton: StartBaton
 ) -> None:
     sb, proc = topology_with_baton(make_sandbox, baton, mode="manual")
+    alive = baton_failover(proc)
+    assert alive.returncode == 1 and "use SWITCHOVER" in alive.stderr, alive
     kill_master(sb, proc)
     assert "db1 is the master being replaced" in refused(proc, "FAILOVER TO 'db1'")
     sb.instance("db2").kill()
     wait_for(lambda: not any(r["name"] == "db2" and r["state"] == "ONLINE"
                              for r in admin_rows(proc, "SHOW BACKENDS")), 5, "db2 down")
     assert "db2 is unreachable" in refused(proc, "FAILOVER TO 'db2'")
-    rows = admin_rows(proc, "FAILOVER TO 'db3'")
-    assert rows[0]["master"] == "db3" and rows[0]["outcome"] == "promoted", rows
+    done = baton_failover(proc, "--to", "db3")  # the CLI, as an operator would
+    assert done.returncode == 0, done
+    assert re.search(r"db3\s+promoted\s+db3\s+2", done.stdout), done.stdout
     assert wait_promoted(proc) == "db3"
 
 
