@@ -167,3 +167,16 @@ def test_a_monitor_account_without_reload_is_reported_before_any_failover(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "automatic failover: possible (mode auto)" in checked.stdout
     assert "switchover: possible" in checked.stdout
+
+    # The replication account is checked too: a wrong password makes switchovers impossible.
+    full_path.write_text(full.replace('replication_password = "repl"',
+                                      'replication_password = "wrong"'))
+    checked = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--probe", "-c", str(full_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    print(checked.stdout)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # auto mode still works
+    assert "automatic failover: possible (mode auto)" in checked.stdout
+    assert "switchover: IMPOSSIBLE: db2: replication account 'repl': " in checked.stdout
+    assert "Access denied" in checked.stdout

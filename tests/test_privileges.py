@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config import BackendConfig, FailoverConfig
 from proxy.health.privileges import (
     OPERATIONS,
     capabilities_from_grants,
     global_privileges,
+    judge,
     parse_version,
 )
 
@@ -160,3 +162,46 @@ def test_mysql_8_dynamic_privileges() -> None:
 )
 def test_parse_version(version: str, expected: tuple[str, tuple[int, ...]]) -> None:
     assert parse_version(version) == expected
+
+
+def _backends(*names: str, unpromotable: tuple[str, ...] = ()) -> list[BackendConfig]:
+    return [
+        BackendConfig(name=n, address=f"h:{i}", host="h", port=i, promotable=n not in unpromotable)
+        for i, n in enumerate(names, 3306)
+    ]
+
+
+REPL = FailoverConfig(mode="auto", replication_user="repl", replication_password="x")
+
+
+def test_verdict_auto_needs_one_promotable_replica_that_can_be_promoted() -> None:
+    full, no_reload = capabilities_from_grants(ALL, MARIADB), capabilities_from_grants(NO_RELOAD, MARIADB)
+    backends = _backends("db1", "db2", "db3")
+    verdict = judge({"db1": full, "db2": no_reload, "db3": full}, backends, "db1", REPL)
+    assert verdict.auto and verdict.switchover
+    verdict = judge({"db1": full, "db2": no_reload, "db3": "connection refused"}, backends, "db1", REPL)
+    assert not verdict.auto and not verdict.switchover
+    assert verdict.why_not_auto == (
+        "no replica can be promoted: db2 lacks RELOAD (for RESET SLAVE ALL); "
+        "db3: privileges unknown (connection refused)"
+    )
+    unpromotable = _backends("db1", "db2", "db3", unpromotable=("db3",))
+    verdict = judge({"db1": full, "db2": no_reload, "db3": full}, unpromotable, "db1", REPL)
+    assert not verdict.auto
+
+
+def test_verdict_switchover_needs_a_replication_account_and_a_fenceable_master() -> None:
+    full = capabilities_from_grants(ALL, MARIADB)
+    cannot_fence = capabilities_from_grants(["GRANT SUPER, RELOAD ON *.* TO `m`@`%`"], MARIADB)
+    backends = _backends("db1", "db2")
+    no_repl = FailoverConfig(mode="auto")
+    verdict = judge({"db1": full, "db2": full}, backends, "db1", no_repl)
+    assert verdict.auto and not verdict.switchover
+    assert "replication_user" in verdict.why_not_switchover
+    verdict = judge({"db1": cannot_fence, "db2": full}, backends, "db1", REPL)
+    assert verdict.why_not_switchover == (
+        "the master db1 cannot be fenced and repointed: needs READ_ONLY ADMIN "
+        "(for SET GLOBAL read_only = 1)"
+    )
+    verdict = judge({"db1": full, "db2": full}, backends, "db1", REPL, {"db2": "repl lacks X"})
+    assert verdict.auto and verdict.why_not_switchover == "db2: repl lacks X"

@@ -195,7 +195,11 @@ def _set_failover_mode(req: Request) -> Done:
     except Exception as exc:
         raise Refusal(str(exc)) from exc
     log.warning("admin_set_failover_mode mode=%s", mode)
-    return Done(f"failover mode {mode} (until the next reload or restart)")
+    verdict = req.app.privileges.verdict
+    caveat = ""
+    if mode == "auto" and verdict is not None and not verdict.auto:
+        caveat = f"; but automatic failover is impossible: {verdict.why_not_auto}"
+    return Done(f"failover mode {mode} (until the next reload or restart){caveat}")
 
 
 def _kill_client(req: Request) -> Done:

@@ -636,6 +636,8 @@ class FailoverCoordinator:
         The same steps as an automatic failover: the election (restricted to `to` if
         given, which must still have received all any live replica has), the relay-log
         wait, repointing, fencing and the timeline; not held back by min_interval_s.
+        A master the operator set OFFLINE_HARD counts as lost even if it answers: its
+        replicas stop receiving from it first, and it is fenced read_only after.
         PromotionRefused says why not: the master answers (a planned change is a
         SWITCHOVER), a replica still receives from it, or no candidate qualifies.
         """
@@ -644,7 +646,9 @@ class FailoverCoordinator:
         old = self._topology.master
         self._check_failover(old, to)
         assert old is not None
-        await self._check_replicas_lost(old)
+        taken_out = self._taken_out_alive(old)
+        if not taken_out:
+            await self._check_replicas_lost(old)
         rec = self.timeline.open_record(old=old) or self.timeline.open("admin", old)
         self._ordered[rec.id] = (to, cast(PromotionSource, source))
         self._step(
@@ -653,6 +657,8 @@ class FailoverCoordinator:
             logging.WARNING,
         )
         try:
+            if taken_out:
+                await self._detach_replicas(rec, old)
             await self._auto_failover(rec, old)
         finally:
             self._ordered.pop(rec.id, None)
@@ -686,6 +692,20 @@ class FailoverCoordinator:
         h = self._monitor.health(to)
         if not h.alive:
             raise PromotionRefused(f"{to} is unreachable ({h.last_error})")
+
+    def _taken_out_alive(self, old: str) -> bool:
+        """The operator set the master OFFLINE_HARD while it still answers."""
+        return (
+            self._topology.state(old) is BackendState.OFFLINE_HARD
+            and self._monitor.health(old).alive
+        )
+
+    async def _detach_replicas(self, rec: FailoverRecord, old: str) -> None:
+        """Stop the replicas receiving from a master the operator took out: their positions
+        stay put for the election, and the IO threads report it lost."""
+        for h in self._monitor.all_health():
+            if h.name != old and h.alive and h.master_name == old and h.io_running:
+                await self._sql(rec, h.name, "STOP SLAVE IO_THREAD")
 
     async def _check_replicas_lost(self, old: str) -> None:
         """Refuse while a replica still receives from `old`: it is alive for them, and

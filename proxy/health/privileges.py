@@ -187,8 +187,8 @@ class Capabilities:
     # Per operation that cannot be performed: the privileges to grant (the narrowest of
     # each statement's alternatives), in the order Baton would run into them.
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Per missing privilege, the statement that needs it (for messages).
-    needed_by: dict[str, str] = field(default_factory=dict)
+    # Per (operation, missing privilege), the first statement that needs it (for messages).
+    needed_by: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property
@@ -206,7 +206,9 @@ class Capabilities:
 
     def missing_text(self, operation: str) -> str:
         """E.g. "RELOAD (for RESET SLAVE ALL)"; "" when nothing is missing."""
-        return ", ".join(f"{p} (for {self.needed_by[p]})" for p in self.missing.get(operation, ()))
+        return ", ".join(
+            f"{p} (for {self.needed_by[operation, p]})" for p in self.missing.get(operation, ())
+        )
 
     def summary(self) -> str:
         """One line: what can be done, and for what cannot, which privilege is missing."""
@@ -223,13 +225,13 @@ def capabilities_from_grants(
     held, notes = global_privileges(grants)
     everything = "ALL PRIVILEGES" in held
     missing: dict[str, tuple[str, ...]] = {}
-    needed_by: dict[str, str] = {}
+    needed_by: dict[tuple[str, str], str] = {}
     for operation, needs in requirements(server_version, semi_sync=semi_sync).items():
         lacking = [r for r in needs if not everything and not held.intersection(r.any_of)]
         if lacking:
             missing[operation] = tuple(dict.fromkeys(r.privilege for r in lacking))
             for r in lacking:
-                needed_by.setdefault(r.privilege, r.statement)
+                needed_by.setdefault((operation, r.privilege), r.statement)
     return Capabilities(
         **{op: op not in missing for op in OPERATIONS},  # type: ignore[arg-type]
         missing=missing,
@@ -245,11 +247,36 @@ async def probe(
 
     Raises BackendError (cannot connect or log in) or QueryError (the server refused).
     """
+    version, grants, semi_sync = await _read_grants(
+        backend, monitor.user, monitor.password, timeout
+    )
+    return capabilities_from_grants(grants, version, semi_sync=semi_sync)
+
+
+async def probe_replication(
+    backend: BackendConfig, failover: FailoverConfig, *, timeout: float = 5.0
+) -> str | None:
+    """Why the replication account cannot replicate from `backend`, or None if it can."""
+    user = failover.replication_user
+    try:
+        _, grants, _ = await _read_grants(backend, user, failover.replication_password, timeout)
+    except (BackendError, QueryError) as e:
+        return f"replication account {user!r}: {_failure(e)}"
+    held, _ = global_privileges(grants)
+    if held & {"REPLICATION SLAVE", "ALL PRIVILEGES"}:
+        return None
+    return f"replication account {user!r} lacks REPLICATION SLAVE"
+
+
+async def _read_grants(
+    backend: BackendConfig, user: str, password: str, timeout: float
+) -> tuple[str, list[str], bool]:
+    """(server version, SHOW GRANTS lines, semi-sync enabled) as `user` sees them."""
     conn = await connect(
         backend.name,
         backend.host,
         backend.port,
-        Credentials(monitor.user, monitor.password.encode(), None),
+        Credentials(user, password.encode(), None),
         timeout=timeout,
         security=backend_security(backend),
         attributes={"_client_name": "baton", "program_name": "baton-probe"},
@@ -269,7 +296,7 @@ async def probe(
         conn.close()
     server_version = (version.rows[0][0] or b"").decode()
     grants = [(r[0] or b"").decode("utf-8", "replace") for r in shown.rows]
-    return capabilities_from_grants(grants, server_version, semi_sync=semi_sync)
+    return server_version, grants, semi_sync
 
 
 # -- the verdict: per backend, and whether auto failover and switchover can work ----------------
@@ -293,9 +320,11 @@ def judge(
     backends: Sequence[BackendConfig],
     master: str | None,
     failover: FailoverConfig,
+    replication: Mapping[str, str | None] | None = None,
 ) -> Verdict:
     """Auto failover needs some promotable replica that can be promoted (and repoint);
-    a switchover also needs the master to be fenced and repointed, and a replication_user."""
+    a switchover also needs the master to be fenced and repointed, and a replication_user
+    that can replicate from every candidate (`replication`: per backend, why it cannot)."""
     candidates = [b.name for b in backends if b.name != master and b.promotable]
     if not candidates:
         nobody = "no promotable replica is configured"
@@ -307,6 +336,11 @@ def judge(
     why_switch = why_auto
     if not why_switch and not failover.replication_user:
         why_switch = "no [failover] replication_user (the old master must become a replica)"
+    if not why_switch:
+        problems = [
+            f"{name}: {why}" for name in candidates if (why := (replication or {}).get(name))
+        ]
+        why_switch = "; ".join(problems)
     if not why_switch and master is not None:
         held = probed.get(master)
         if not isinstance(held, Capabilities):
@@ -326,8 +360,11 @@ def _why_none(probed: Mapping[str, Probed], names: Sequence[str], ops: Sequence[
         if not isinstance(c, Capabilities):
             reasons.append(f"{name}: privileges unknown ({c or 'not probed'})")
             continue
-        lacking = dict.fromkeys(p for op in ops for p in c.missing.get(op, ()))
-        reasons.append(f"{name} lacks " + ", ".join(f"{p} (for {c.needed_by[p]})" for p in lacking))
+        lacking: dict[str, str] = {}  # privilege -> the first statement that needs it
+        for op in ops:
+            for p in c.missing.get(op, ()):
+                lacking.setdefault(p, c.needed_by[op, p])
+        reasons.append(f"{name} lacks " + ", ".join(f"{p} (for {s})" for p, s in lacking.items()))
     return "no replica can be promoted: " + "; ".join(reasons)
 
 
@@ -340,6 +377,7 @@ class PrivilegeReport:
 
     def __init__(self) -> None:
         self.probed: dict[str, Probed] = {}
+        self.replication: dict[str, str | None] = {}  # per backend: why repl cannot, or None
         self.verdict: Verdict | None = None
 
     async def refresh(
@@ -358,7 +396,13 @@ class PrivilegeReport:
             b.name: r if isinstance(r, Capabilities) else _failure(r)
             for b, r in zip(backends, results, strict=True)
         }
-        self.verdict = judge(self.probed, backends, master, failover)
+        self.replication = {}
+        if failover.replication_user:
+            reasons = await asyncio.gather(
+                *(probe_replication(b, failover, timeout=timeout) for b in backends)
+            )
+            self.replication = {b.name: r for b, r in zip(backends, reasons, strict=True)}
+        self.verdict = judge(self.probed, backends, master, failover, self.replication)
         return self.verdict
 
     def lines(self, mode: str) -> list[tuple[int, str]]:
@@ -379,6 +423,9 @@ class PrivilegeReport:
                 )
             for note in c.notes:
                 out.append((logging.WARNING, f"privileges_note backend={name} note={note!r}"))
+        for name, why in self.replication.items():
+            if why is not None:
+                out.append((logging.WARNING, f"replication_account backend={name} problem={why!r}"))
         v = self.verdict
         if v is not None:
             auto_level = logging.WARNING if not v.auto and mode == "auto" else logging.INFO
@@ -409,6 +456,7 @@ class PrivilegeReport:
             f"  {name}: {c.summary() if isinstance(c, Capabilities) else f'unknown: {c}'}"
             for name, c in self.probed.items()
         ]
+        out += [f"  {name}: {why}" for name, why in self.replication.items() if why is not None]
         v = self.verdict
         if v is not None:
             out.append(

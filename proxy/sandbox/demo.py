@@ -21,7 +21,8 @@ from typing import Any
 
 import pymysql
 
-from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import admin_query
+from proxy.sandbox.topology import ReplicationSandbox
 
 CLIENTS = 4
 WRITE_PAUSE_S = 0.02  # a small load: about 50 writes per second per client
@@ -58,8 +59,14 @@ class DemoClient:
 
     def _connect(self) -> pymysql.Connection:
         return pymysql.connect(
-            host="127.0.0.1", port=self.port, user="app", password="app", database="test",
-            autocommit=True, connect_timeout=5, read_timeout=30,
+            host="127.0.0.1",
+            port=self.port,
+            user="app",
+            password="app",
+            database="test",
+            autocommit=True,
+            connect_timeout=5,
+            read_timeout=30,
         )
 
     def _run(self) -> None:
@@ -100,19 +107,6 @@ class DemoResult:
     detected_after_s: float | None
 
 
-def _admin(port: int, statement: str) -> list[dict[str, Any]]:
-    conn = pymysql.connect(
-        host="127.0.0.1", port=port, user="admin", password="admin", connect_timeout=5,
-        read_timeout=30, cursorclass=pymysql.cursors.DictCursor,
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
 def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,7 +123,7 @@ def _wait(predicate: Callable[[], Any], timeout: float) -> Any:
 def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> DemoResult | None:
     """Kill the master under a write load; None if Baton never became ready."""
     ready = _wait(
-        lambda: all(r["state"] == "ONLINE" for r in _admin(admin_port, "SHOW BACKENDS")), 60
+        lambda: all(r["state"] == "ONLINE" for r in admin_query(admin_port, "SHOW BACKENDS")), 60
     )
     if not ready:
         return None
@@ -145,8 +139,9 @@ def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> D
     master = sandbox.master
     killed_at = time.monotonic()
     master.kill()
-    resumed = _wait(lambda: all(any(t > killed_at for t in c.acked) for c in clients),
-                    RESUME_TIMEOUT_S)
+    resumed = _wait(
+        lambda: all(any(t > killed_at for t in c.acked) for c in clients), RESUME_TIMEOUT_S
+    )
     time.sleep(1.0)
     for c in clients:
         c.stop.set()
@@ -154,7 +149,7 @@ def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> D
         assert c.thread is not None
         c.thread.join(10)
     after = [t for c in clients for t in c.acked if t > killed_at]
-    rows = _admin(admin_port, "SHOW FAILOVERS")
+    rows = admin_query(admin_port, "SHOW FAILOVERS")
     record = rows[0] if rows else None
     detected = None
     if record is not None:
@@ -171,7 +166,9 @@ def run_demo(sandbox: ReplicationSandbox, proxy_port: int, admin_port: int) -> D
 
 def report(result: DemoResult) -> list[str]:
     """What the clients saw, then Baton's timeline, as lines for the terminal."""
-    lines = [f"killed master {result.killed} with SIGKILL under {len(result.clients)} writing clients"]
+    lines = [
+        f"killed master {result.killed} with SIGKILL under {len(result.clients)} writing clients"
+    ]
     if result.resumed_after_s is None:
         lines.append(f"writes did NOT resume within {RESUME_TIMEOUT_S:g} s")
     else:
@@ -184,10 +181,13 @@ def report(result: DemoResult) -> list[str]:
         codes: dict[int, int] = {}
         for _, code, _ in c.errors:
             codes[code] = codes.get(code, 0) + 1
-        seen = ", ".join(
-            f"{n} x error {code} ({_MEANING.get(code, 'see the README')})"
-            for code, n in sorted(codes.items())
-        ) or "no error"
+        seen = (
+            ", ".join(
+                f"{n} x error {code} ({_MEANING.get(code, 'see the README')})"
+                for code, n in sorted(codes.items())
+            )
+            or "no error"
+        )
         lines.append(
             f"  client {c.index}: {len(c.acked)} writes acknowledged, longest wait "
             f"{c.longest_wait():.3f} s, {seen}"
@@ -201,8 +201,11 @@ def report(result: DemoResult) -> list[str]:
         f"{rec['new']}, epoch {rec['epoch']}, {rec['outcome']}):"
     )
     lines.append(f"  detected     {result.detected_after_s} s after the kill")
-    for key, label in (("decided_ms", "decided"), ("promoted_ms", "promoted"),
-                       ("first_write_ms", "first write")):
+    for key, label in (
+        ("decided_ms", "decided"),
+        ("promoted_ms", "promoted"),
+        ("first_write_ms", "first write"),
+    ):
         value = rec[key]
         lines.append(f"  {label:<12} " + ("-" if value is None else f"+{value:.0f} ms"))
     lines.append(
