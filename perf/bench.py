@@ -38,7 +38,7 @@ import pymysql
 from perf.haproxy import HAProxy, haproxy_version
 from perf.proc_stats import machine_sample, sample, total_cpu_seconds
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent

@@ -30,7 +30,7 @@ from pathlib import Path
 import pymysql
 
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.support.baton_process import BatonProcess, admin_rows
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 
 
 @dataclass

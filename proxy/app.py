@@ -18,6 +18,7 @@ from .config import Config, ConfigError, diff_configs, load_config
 from .frontend import ClientSession
 from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
+from .health.privileges import PrivilegeReport
 from .health.states import BackendState
 from .health.topology import Topology
 from .listeners import Listener, ListenError, prepare_rebinds
@@ -75,6 +76,7 @@ class Baton:
         self.monitor = None
         self.failover = None
         self.cluster = None
+        self.privileges = PrivilegeReport()
         self._awaiting_first_write: int | None = None
         self._read_weights: dict[str, int] = {}
         self.pool_waiters = [0]  # sessions waiting for a connection, all pools together
@@ -292,13 +294,21 @@ class Baton:
         self.failover = FailoverCoordinator(cfg.failover, cfg.backends, self.topology, self.monitor, self.bus)
         await self.monitor.start()
         await self.failover.start()
+        self.spawn(self._check_privileges(cfg))
         if cfg.redis.enabled:
             from .health.cluster import ClusterLink
 
             self.cluster = ClusterLink(cfg.redis, self.topology, self.failover, address=cfg.proxy.listen)
             self.bus.subscribe(self.cluster.on_event)
-            self.failover.failover_gate = self.cluster.take_failover_lock
             await self.cluster.start()
+            self.failover.lease = self.cluster.lease
+
+    async def _check_privileges(self, cfg: Config) -> None:
+        """Say now, not in the middle of a failover, what the monitor account cannot do."""
+        roles = (b.name for b in cfg.backends if b.role == "master")
+        master = self.topology.master or next(roles, None)
+        await self.privileges.refresh(cfg.backends, cfg.monitor, cfg.failover, master)
+        self.privileges.log(cfg.failover.mode)
 
     async def switchover(self, to: str) -> object:
         """Planned switchover with no client errors: hold new writes, let open transactions
@@ -427,6 +437,7 @@ class Baton:
             self.monitor.update(new.backends, new.monitor)
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
+            self.spawn(self._check_privileges(new))
         for hook in self.reload_hooks:
             await hook(old, new)
 

@@ -31,6 +31,7 @@ statements_held_total                  counter    held while no master was writa
 statements_held_now                    gauge      held right now
 statements_retried_total               counter    reads retried on another backend
 statements_failed_total                counter    statements that ended with a Baton error
+masterless                             gauge      1 while the master is lost and no failover could replace it
 failovers_total                        counter    kind, outcome (promoted|refused|failed|...)
 failover_duration_seconds              summary    detection to promotion (timeline promoted_ms)
 last_failover_duration_seconds         gauge
@@ -175,6 +176,11 @@ class BatonCollector(Collector):
         yield CounterMetricFamily("baton_auth_failures", "Client logins refused.", value=app.stats.auth_failures)
 
     def _failovers(self) -> Iterator[Metric]:
+        failover = self.app.failover
+        yield GaugeMetricFamily(
+            "baton_masterless", "1 while the master is lost and no failover could replace it.",
+            value=float(failover is not None and failover.masterless is not None),
+        )
         rows = failover_rows(self.app)  # newest first
         total = CounterMetricFamily(
             "baton_failovers", "Changes of master on the failover timeline (last 50 kept).",

@@ -2,7 +2,7 @@
 
 Tests live in three folders, each a marker: unit/ (pure, in-process, no servers),
 integration/ (real MariaDB, Redis, Baton and clients) and adversity/ (servers killed, paused
-or cut, failovers); support/ holds what they share (certs, golden bytes, the Baton launcher).
+or cut, failovers); support/ holds what they share (clients, certs, golden bytes, harnesses).
 
 Every server is stopped by a finalizer; proxy.sandbox also stops leftovers at exit and arms a
 parent-death signal, so no mariadbd outlives the test run even if pytest itself is killed.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_ports
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 
 TESTS_DIR = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "adversity")  # folders of tests/, and their markers

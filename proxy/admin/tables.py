@@ -36,10 +36,13 @@ class Table:
 
 
 # queries: statements answered by the backend; errors: those answered with an error packet,
-# plus failed connection attempts; last_check: the monitor's last probe (UTC).
+# plus failed connection attempts; last_check: the monitor's last probe (UTC); can: what the
+# monitor account's grants allow there (monitor, promote, repoint, fence, switchover), NULL until
+# read; cannot: each operation it does not allow and the privilege it needs; note: why a fenced
+# backend stays fenced, or on the master's row why there is no master (masterless).
 BACKEND_COLUMNS = (
     "name", "address", "role", "state", "epoch", "fenced", "read_only", "replicating_from", "lag_ms", "gtid",
-    "conn_used", "conn_idle", "queries", "errors", "last_check",
+    "conn_used", "conn_idle", "queries", "errors", "last_check", "can", "cannot", "note",
 )
 POOL_COLUMNS = ("backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused")
 # state: login (handshake not finished), active (a statement runs), in-transaction (idle inside
@@ -120,6 +123,9 @@ def backends_table(app: Baton) -> Table:
             per_backend_queries.get(view.name, 0),
             errors,
             wall_time(h.last_check_at) if h is not None else None,
+            app.privileges.can(view.name),
+            app.privileges.cannot(view.name),
+            app.failover.backend_note(view.name) if app.failover is not None else None,
         ))
     return Table(BACKEND_COLUMNS, rows)
 

@@ -15,7 +15,9 @@ them agree and act once:
   away. ``view`` is the cluster as last read, for SHOW CLUSTER and the metrics.
 * In ``auto`` mode an instance performs a failover only if Redis is reachable, the other live
   instances do not still see the master healthy (a partition between one Baton and the master
-  must not cause a failover), and it takes the failover lease (``SET NX PX``).
+  must not cause a failover), and it takes the failover lease (proxy.health.lease: signed,
+  short TTL, renewed while its holder works). The others watch the lease and take over if it
+  runs out before its holder's promotion arrives.
 
 Every record is sealed by ``signing.Sealer``: with ``[redis] secret`` unsigned, badly signed,
 stale or malformed records are ignored, logged (rate-limited) and counted in ``rejected``.
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, MasterLost, MasterPromoted
+from .lease import FailoverLease, LeaseHolder, LeaseUnavailable
 from .signing import Record, Rejection, Sealer, decode_lease, encode_lease
 
 if TYPE_CHECKING:
@@ -105,6 +108,7 @@ class ClusterLink:
         self._failover = failover
         self._redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.lease: ClusterLease | None = None  # from start(): the coordinator's lease
         self._pending: set[asyncio.Task[Any]] = set()
         self.reachable = False
         self._outages = 0  # bumped when Redis comes back: the listener subscribes again
@@ -143,6 +147,11 @@ class ClusterLink:
                 "a master; set [redis] secret (or secret_file, or BATON_REDIS_SECRET)",
                 self.cfg.channel,
             )
+        self.lease = ClusterLease(self, FailoverLease(
+            self._redis, self._lock_key, self.instance_id,
+            encoder=lambda instance, epoch: encode_lease(self.sealer, instance, epoch),
+            decoder=self._lease_value,
+        ))
         try:
             newer = await asyncio.wait_for(self._tick(), REDIS_TIMEOUT_S * 2)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: run alone for now
@@ -356,29 +365,10 @@ class ClusterLink:
         except Exception as exc:  # noqa: BLE001 - the heartbeat stores it once Redis is back
             log.warning("cluster_publish_failed new=%s epoch=%s error=%r", event.new, event.epoch, exc)
 
-    async def take_failover_lock(self, ttl_ms: int = 30000) -> bool:
-        """True if this instance should perform the failover now.
-
-        No while Redis is unreachable (the others could not know; failover is suspended), while
-        the other instances still see the master healthy, or while another holds the lease.
-        """
-        if self._redis is None or not self.reachable:
-            log.warning("cluster_failover_suspended reason=%r", "redis unreachable")
-            return False
-        try:
-            if await self._vetoed():
-                return False
-            lease = encode_lease(self.sealer, self.instance_id, self._topology.epoch + 1)
-            got = await self._redis.set(self._lock_key, lease, nx=True, px=ttl_ms)
-            if not got:
-                holder = self._accept(decode_lease(self.sealer, await self._redis.get(self._lock_key)))
-                log.info("cluster_failover_by_other holder=%s", holder.instance if holder else "?")
-        except Exception as exc:  # noqa: BLE001
-            self._unreachable(exc)
-            log.warning("cluster_failover_suspended reason=%r", f"redis failed: {exc!r}")
-            return False
-        self.lease_holder = self.instance_id if got else self.lease_holder
-        return bool(got)
+    def _lease_value(self, raw: bytes | str) -> tuple[str, int] | None:
+        """A lease value this cluster's secret signed, as (holder, epoch); None otherwise."""
+        record = self._accept(decode_lease(self.sealer, raw))
+        return (record.instance, record.epoch) if record is not None else None
 
     async def _vetoed(self) -> bool:
         """Whether the other live instances forbid this failover: one is on a newer epoch
@@ -525,3 +515,38 @@ def _safe(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class ClusterLease:
+    """The coordinator's failover lease in a cluster (failover.FailoverLeaseLike): a
+    FailoverLease with signed values, taken only while Redis answers (otherwise automatic
+    failover is suspended: the instances could not agree on who performs it) and while the
+    other live instances do not veto it (they still see the master healthy)."""
+
+    def __init__(self, link: ClusterLink, lease: FailoverLease) -> None:
+        self._link = link
+        self._lease = lease
+
+    async def acquire(self, epoch: int) -> bool:
+        link = self._link
+        if not link.reachable:
+            raise LeaseUnavailable("redis unreachable: automatic failover suspended")
+        try:
+            if await link._vetoed():
+                return False
+        except Exception as exc:  # noqa: BLE001 - Redis failed while we asked the others
+            link._unreachable(exc)
+            raise LeaseUnavailable(repr(exc)) from exc
+        got = await self._lease.acquire(epoch)
+        if got:
+            link.lease_holder = link.instance_id
+        return got
+
+    async def renew(self) -> bool:
+        return await self._lease.renew()
+
+    async def release(self) -> None:
+        await self._lease.release()
+
+    async def holder(self) -> LeaseHolder | None:
+        return await self._lease.holder()

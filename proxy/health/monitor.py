@@ -311,6 +311,14 @@ class Monitor:
                 w.exec_conn = None
                 raise
 
+    def close_action_connection(self, name: str) -> None:
+        """The next `execute` on `name` logs in afresh. A session keeps the global
+        privileges it logged in with: after a GRANT, only a new one has them."""
+        w = self._get(name)
+        if w.exec_conn is not None and not w.exec_lock.locked():
+            w.exec_conn.close()
+            w.exec_conn = None
+
     def set_admin_state(self, name: str, state: BackendState) -> None:
         """OFFLINE_SOFT / OFFLINE_HARD / ONLINE from an admin or from fencing."""
         w = self._get(name)

@@ -44,7 +44,9 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "lease": {},
 }
-_EXPIRING = frozenset({"promoted", "heartbeat", "lease"})
+# A lease value is kept for as long as its holder renews it (Redis expires it): its age says
+# nothing; a replayed one names an epoch already reached and is cleared (lease.py).
+_EXPIRING = frozenset({"promoted", "heartbeat"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,33 +14,10 @@ import pymysql
 import pytest
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
+from tests.support.cluster_tools import write_lands_on
 
 pytestmark = pytest.mark.slow
-
-
-
-
-def write_lands_on(proc: BatonProcess) -> int | None:
-    """Inserts @@server_id through Baton; returns the server id that took the write."""
-    try:
-        conn = pymysql.connect(host="127.0.0.1", port=proc.proxy_port, user="app", password="app",
-                               database="test", autocommit=True, connect_timeout=3, read_timeout=15)
-    except pymysql.err.OperationalError:
-        return None
-    try:
-        with conn.cursor() as cur:
-            token = uuid.uuid4().hex
-            cur.execute("INSERT INTO cluster_probe (token, server_id) VALUES (%s, @@server_id)", (token,))
-            cur.execute("/* baton:master */ SELECT server_id FROM cluster_probe WHERE token = %s", (token,))
-            row = cur.fetchone()
-            return int(row[0]) if row else None
-    except pymysql.err.MySQLError:
-        return None
-    finally:
-        conn.close()
-
-
 
 
 def test_two_instances_fail_over_once_and_together(

@@ -23,7 +23,7 @@ import redis
 
 from proxy.health.signing import Record, Sealer
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_port, spawn, terminate
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.certs import self_signed_cert
 from tests.support.cluster_tools import WRITES_TABLE, Traffic, metric, read_only_flags
 

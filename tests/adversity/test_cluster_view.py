@@ -20,7 +20,7 @@ import pytest
 import redis as redis_client
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.cluster_tools import WRITES_TABLE, Traffic, metric
 
 pytestmark = pytest.mark.slow

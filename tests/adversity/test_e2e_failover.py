@@ -25,7 +25,7 @@ import pytest
 
 from perf import failover_drill
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 MakeSandbox = Callable[..., ReplicationSandbox]
 StartBaton = Callable[..., BatonProcess]

@@ -18,7 +18,7 @@ import pytest
 from proxy.admin import commands
 from proxy.admin.tables import QueryRefused, Table, _lag_ms, run_select
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.clients import app_connect
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.admin.tables import ALLOWED_FUNCTIONS, QueryRefused, Table, run_select
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 from tests.support.clients import app_connect
 
 SOURCES = {"stats": lambda: Table(("variable", "value"), [(f"v{i}", i) for i in range(20)])}

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from proxy.cli import OpsError, backend_for_address, main
 from proxy.config import parse_config
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.clients import admin_stat, app_connect
 from tests.support.prometheus import scrape, value
 

@@ -31,8 +31,8 @@ from proxy.protocol.constants import CACHING_SHA2_PASSWORD, SUPPORTED_CAPABILITI
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.packets import Handshake, encode_handshake
 from proxy.sandbox import MariaDBInstance, ServerStartError, free_port, free_ports, toml_dumps
+from proxy.sandbox.baton_process import BatonProcess, wait_for
 from proxy.tls import BackendSecurity, backend_security, client_context, server_context
-from tests.support.baton_process import BatonProcess, wait_for
 from tests.support.certs import CertFiles, self_signed_cert, signed_cert
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import MiB, launch_baton, pymysql_connect, scratch_table
 from tests.support.raw_client import Canary, Err, RawClient
 

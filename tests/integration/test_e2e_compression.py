@@ -21,7 +21,7 @@ from proxy.protocol.compression import CompressedStream
 from proxy.protocol.framing import PacketReader, frames
 from proxy.protocol.packets import parse_err
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.certs import CertFiles, self_signed_cert
 from tests.support.clients import (
     MiB,

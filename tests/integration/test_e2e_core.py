@@ -31,7 +31,7 @@ from pymysql.constants import CLIENT, COMMAND
 from pymysql.cursors import DictCursor, SSCursor
 
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import (
     AUTH_PLUGINS,
     MiB,

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.protocol import auth, ed25519
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import launch_baton, pymysql_connect, scratch_table
 
 USER, PASSWORD = "edapp", "ed-secret-ü"  # non-ASCII: the signature is over the UTF-8 bytes

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess, wait_for
+from proxy.sandbox.baton_process import BatonProcess, wait_for
 from tests.support.clients import connector_connect, scratch_table
 from tests.support.routing import module_baton
 

@@ -24,7 +24,7 @@ import pymysql
 import pytest
 
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.clients import pymysql_connect, scratch_table
 from tests.support.routing import (
     backend_states,

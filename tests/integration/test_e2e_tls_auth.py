@@ -22,7 +22,7 @@ import pytest
 from pymysql.cursors import SSCursor
 
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.certs import CertFiles, self_signed_cert
 from tests.support.clients import (
     AUTH_PLUGINS,

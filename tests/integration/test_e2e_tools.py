@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import (
     AUTH_PLUGINS,
     launch_baton,

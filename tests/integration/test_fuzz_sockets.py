@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from proxy.protocol.constants import Command
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox, free_ports
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import pymysql_connect
 from tests.support.raw_client import Canary, RawClient
 

@@ -15,8 +15,8 @@ import pytest
 
 from proxy.protocol.framing import PacketReader, frame
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 from proxy.throttle import LoginThrottle
-from tests.support.baton_process import BatonProcess, admin_rows
 
 
 class Clock:

@@ -12,8 +12,8 @@ import pymysql
 import pytest
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 from proxy.stats import LATENCY_BUCKETS, Stats
-from tests.support.baton_process import BatonProcess, admin_rows
 from tests.support.clients import app_connect
 from tests.support.prometheus import Samples, scrape, value
 

@@ -13,7 +13,7 @@ import pymysql
 import pytest
 
 from proxy.sandbox import ReplicationSandbox, free_ports
-from tests.support.baton_process import BatonProcess, _accepts, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, _accepts, admin_rows, wait_for
 from tests.support.clients import admin_stat, app_connect
 
 USERS = [{"name": "app", "password": "app"}, {"name": "newbie", "password": "newbie"}]

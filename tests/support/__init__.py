@@ -1,2 +1,2 @@
-"""What the tests share: the Baton launcher, certificates, golden MariaDB bytes and the
-monitor harness. Imported as ``tests.support...`` (pytest puts the repository root on the path)."""
+"""What the tests share: clients of Baton, certificates, golden MariaDB bytes and harnesses.
+Imported as ``tests.support...`` (pytest puts the repository root on the path)."""

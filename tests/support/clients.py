@@ -21,7 +21,7 @@ import pymysql
 import pytest
 
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.support.baton_process import BatonProcess, admin_rows
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 
 AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
 MiB = 1024 * 1024

@@ -7,12 +7,13 @@ import re
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Sequence
 
 import pymysql
 
 from proxy.sandbox import ReplicationSandbox
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 
 WRITES_TABLE = "CREATE TABLE IF NOT EXISTS test.writes (id INT AUTO_INCREMENT PRIMARY KEY, via INT)"
 
@@ -77,3 +78,23 @@ def metric(proc: BatonProcess, name: str, labels: str = "") -> float | None:
     selector = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
     found = re.search(rf"^{selector} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else None
+
+
+def write_lands_on(proc: BatonProcess) -> int | None:
+    """Inserts @@server_id through Baton; returns the server id that took the write."""
+    try:
+        conn = pymysql.connect(host="127.0.0.1", port=proc.proxy_port, user="app", password="app",
+                               database="test", autocommit=True, connect_timeout=3, read_timeout=15)
+    except pymysql.err.OperationalError:
+        return None
+    try:
+        with conn.cursor() as cur:
+            token = uuid.uuid4().hex
+            cur.execute("INSERT INTO cluster_probe (token, server_id) VALUES (%s, @@server_id)", (token,))
+            cur.execute("/* baton:master */ SELECT server_id FROM cluster_probe WHERE token = %s", (token,))
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+    except pymysql.err.MySQLError:
+        return None
+    finally:
+        conn.close()

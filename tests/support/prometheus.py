@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from proxy.protocol.constants import SUPPORTED_CAPABILITIES, Capability
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.handshake import ClientHandshake, Failed, Ready, Send
-from tests.support.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import pymysql_connect
 
 # Classic result sets (EOF packets, no session tracking): easy to read by hand.

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.sandbox import ReplicationSandbox, free_port
-from tests.support.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 from tests.support.clients import launch_baton
 
 
