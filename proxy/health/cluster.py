@@ -545,8 +545,8 @@ class ClusterLease:
     async def renew(self) -> bool:
         return await self._lease.renew()
 
-    async def release(self) -> None:
-        await self._lease.release()
+    async def release(self, *, keep: bool = False) -> None:
+        await self._lease.release(keep=keep)
 
     async def holder(self) -> LeaseHolder | None:
         return await self._lease.holder()

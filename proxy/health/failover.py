@@ -134,7 +134,7 @@ class FailoverLeaseLike(Protocol):
 
     async def acquire(self, epoch: int) -> bool: ...
     async def renew(self) -> bool: ...
-    async def release(self) -> None: ...
+    async def release(self, *, keep: bool = False) -> None: ...
     async def holder(self) -> LeaseHolder | None: ...
 
 
@@ -762,7 +762,10 @@ class FailoverCoordinator:
                         try:
                             await self._fail_over(rec, old, took_over=took_over)
                         finally:
-                            await self._release_lease()
+                            # Promoted: the lease runs out by itself, by when the others
+                            # have our promotion; released at once, one of them could take
+                            # it before that and record the same failover a second time.
+                            await self._release_lease(keep=self._topology.master != old)
                         return
                 took_over = True  # the lease was held: that holder may have begun
                 if not await self._watch_lease(rec, old):
@@ -998,10 +1001,10 @@ class FailoverCoordinator:
             return
         raise LeaseLost("the failover lease ran out or was taken: another instance takes over")
 
-    async def _release_lease(self) -> None:
+    async def _release_lease(self, *, keep: bool = False) -> None:
         if self._holding_lease and self.lease is not None:
             self._holding_lease = False
-            await self.lease.release()
+            await self.lease.release(keep=keep)
 
     async def _watch_lease(self, rec: FailoverRecord, old: str) -> bool:
         """Another instance holds the lease: wait for its promotion (False) or for the

@@ -155,13 +155,14 @@ class FailoverLease:
             log.error("lease_lost key=%s (expired or taken by another instance)", self.key)
         return bool(ok)
 
-    async def release(self) -> None:
-        """Give the lease up (only if still ours) and stop renewing."""
+    async def release(self, *, keep: bool = False) -> None:
+        """Stop renewing and give the lease up (only if still ours); with `keep`, leave it to
+        run out by itself (its failover is done and must not be taken over)."""
         value, self._value = self._value, None
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
-        if value is None:
+        if value is None or keep:
             return
         try:
             await self._redis.eval(_RELEASE, 1, self.key, value)
