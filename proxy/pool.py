@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from .backend import BackendConnection, BackendError, Credentials, await_login, connect
 
@@ -42,6 +43,13 @@ class PoolStats:
     closed: int = 0
 
 
+@dataclass(slots=True)
+class WaiterCount:
+    """Sessions waiting for a connection, all pools together (one instance shared by them)."""
+
+    n: int = 0
+
+
 @dataclass
 class BackendPool:
     name: str
@@ -55,7 +63,7 @@ class BackendPool:
     stats: PoolStats = field(default_factory=PoolStats)
     # Waiters across all pools, shared: lets a session skip checking every pool after every
     # statement when nobody is waiting (the usual case).
-    waiters_total: list[int] = field(default_factory=lambda: [0])
+    waiters_total: WaiterCount = field(default_factory=WaiterCount)
     # Called when a session starts waiting: lets idle sessions give a connection back now.
     on_wait: Callable[[str], None] | None = None
 
@@ -145,7 +153,7 @@ class BackendPool:
                 raise PoolExhausted(self.name, self.max_connections, timeout)
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            self.waiters_total[0] += 1
+            self.waiters_total.n += 1
             self.stats.waits += 1
             if self.on_wait is not None:
                 self.on_wait(self.name)
@@ -154,7 +162,7 @@ class BackendPool:
             except TimeoutError:
                 raise PoolExhausted(self.name, self.max_connections, timeout) from None
             finally:
-                self.waiters_total[0] -= 1
+                self.waiters_total.n -= 1
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
@@ -211,7 +219,8 @@ class BackendPool:
             and conn.generation == self.generation
         ):
             conn.last_used = time.monotonic()
-            self._idle.setdefault(conn.pool_key, deque()).append(conn)  # type: ignore[arg-type]
+            key = cast(PoolKey, conn.pool_key)  # set by _opened: a pooled connection has one
+            self._idle.setdefault(key, deque()).append(conn)
         else:
             self._discard(conn)
         self._wake()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -107,7 +108,7 @@ class ServerHandshake:
 
     server_version: str
     connection_id: int
-    lookup: object  # Callable[[str], Account | None]
+    lookup: Callable[[str], Account | None]
     client_host: str = "localhost"
     auth_plugin: str = NATIVE_PASSWORD
     tls_available: bool = False
@@ -130,6 +131,17 @@ class ServerHandshake:
     @property
     def tls_active(self) -> bool:
         return self._tls
+
+    @property
+    def user(self) -> str:
+        """The user the client logs in as ("" until its login response arrives)."""
+        return self._response.user if self._response is not None else ""
+
+    def expect_change_user(self, tls_active: bool) -> None:
+        """COM_CHANGE_USER: no greeting is sent; the next packet is a login response
+        (re-encoded from the command) on a connection that may already be TLS."""
+        self._tls = tls_active
+        self._state = _SrvState.RESPONSE
 
     def greeting(self) -> bytes:
         """The framed HandshakeV10 packet to send first."""
@@ -164,7 +176,7 @@ class ServerHandshake:
                 self._tls = True
                 return [StartTLS()]
             self._response = resp
-            account = self.lookup(resp.user)  # type: ignore[operator]
+            account = self.lookup(resp.user)
             self._account = account
             client_plugin = resp.auth_plugin if resp.capabilities & Capability.PLUGIN_AUTH else NATIVE_PASSWORD
             if self._plugin == CACHING_SHA2_PASSWORD and not resp.capabilities & Capability.PLUGIN_AUTH:
