@@ -118,10 +118,6 @@ class Baton:
         return self.context.server_version
 
     @property
-    def tls_context(self) -> object:
-        return self.context.tls_context
-
-    @property
     def paused(self) -> bool:
         return self._resumed is not None
 

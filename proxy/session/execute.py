@@ -79,7 +79,7 @@ class Execution(ClientIntake):
         routing = self.routing
         trx = routing.trx_backend
         if trx is not None and self.ctx.topology.is_fenced(trx):
-            self._backend_gone(trx)  # never run a statement on a fenced node
+            routing.backend_gone(trx)  # never run a statement on a fenced node
         if routing.trx_lost is not None:
             self._transaction_lost_reply(inflight)
             return
@@ -346,7 +346,7 @@ class Execution(ClientIntake):
             return
         inflight = self.inflight
         if inflight is None or inflight.conn is not conn:
-            self._backend_gone(target)  # the next statement hears of it
+            self.routing.backend_gone(target)  # the next statement hears of it
             return
         log.warning("backend_lost_under_client client=%s backend=%s reason=%s", self.id, target, reason)
         if self.client_state is _INFILE:
@@ -364,9 +364,6 @@ class Execution(ClientIntake):
         else:
             inflight.retries += 1
             self.retry(inflight)
-
-    def _backend_gone(self, backend: str) -> None:
-        self.routing.backend_gone(backend)
 
     def _transaction_lost_reply(self, inflight: Inflight) -> None:
         routing = self.routing
