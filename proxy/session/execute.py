@@ -18,12 +18,11 @@ from .. import errors
 from ..backend import BackendConnection, BackendError, Credentials
 from ..errors import BatonFailure
 from ..pool import PoolExhausted, PoolKey
-from ..pools import Release
 from ..protocol.constants import Command, ServerStatus
 from ..protocol.framing import frames
 from ..routing.classifier import Classification, Kind, Pin
 from ..routing.router import Close, Fail, Route
-from ..routing.session_state import StateRestoreError, in_sync, restore
+from ..routing.session_state import StateRestoreError, in_sync
 from . import causal
 from .intake import ClientIntake
 from .leases import Leases, Why
@@ -118,6 +117,8 @@ class Execution(ClientIntake):
 
     def _wait_for(self, target: str | None, inflight: Inflight) -> None:
         """The slow path, in a task: the session waits (and its next commands queue)."""
+        if self.client_state is _CLOSED:
+            return  # the client went away while its command was being served
         self.change_state(_WAITING)
         self._spawn(self._dispatch_slow(target, inflight))
 
@@ -220,31 +221,11 @@ class Execution(ClientIntake):
 
     async def _connection_for(self, target: str) -> BackendConnection:
         """The session's connection to ``target``, acquiring and preparing one if needed."""
-        leases = self.leases
-        conn = self.conns.get(target)
-        if conn is not None and not conn.alive:
-            leases.release(conn, Why.UNTRUSTED)
-            conn = None
-        if conn is None:
-            pools = self.ctx.pools
-            pool = pools.get(target)
-            if pool is None:
-                raise BackendError(target, "no such backend")
-            assert self.credentials is not None and self.pool_key is not None
-            conn = await pool.acquire(
-                self.pool_key, self.credentials, timeout=pools.wait_timeout, database=self.state.schema
-            )
-            if self.client_state is _CLOSED:
-                pools.release(conn, Release.REUSE)
-                raise BackendError(target, "client went away")
-            leases.hold(conn)
-        if not in_sync(self, self.state, conn):
-            try:
-                await restore(self, self.state, conn)
-            except BackendError:
-                leases.release(conn, Why.UNTRUSTED)
-                raise
-        return conn
+        assert self.credentials is not None and self.pool_key is not None
+        return await self.leases.acquire(target, self.pool_key, self.credentials, self.state, self._gone)
+
+    def _gone(self) -> bool:
+        return self.client_state is _CLOSED
 
     # -- ResponseSink (called by the backend connection) ---------------------------------------
 

@@ -7,14 +7,19 @@ closed, or aborted (``pools.Release``), as pgbouncer's ``release_server`` does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from ..backend import BackendError
 from ..pools import Release
+from ..routing.session_state import in_sync, restore
 
 if TYPE_CHECKING:
-    from ..backend import BackendConnection, ResponseSink
+    from ..backend import BackendConnection, Credentials, ResponseSink
+    from ..pool import PoolKey
     from ..pools import Pools
+    from ..routing.session_state import SessionState
     from ..routing.statements import SessionStatements
 
 
@@ -44,6 +49,38 @@ class Leases:
         self._pools = pools
         self._statements = statements
         self.paused = False  # the client reads slowly: connections do not read either
+
+    async def acquire(
+        self,
+        target: str,
+        key: PoolKey,
+        credentials: Credentials,
+        state: SessionState,
+        gone: Callable[[], bool],
+    ) -> BackendConnection:
+        """The connection to ``target``, from the pool if the session holds none, with the
+        session's ``state`` restored on it. ``gone``: the client left while it waited."""
+        conn = self.conns.get(target)
+        if conn is not None and not conn.alive:
+            self.release(conn, Why.UNTRUSTED)
+            conn = None
+        if conn is None:
+            pools = self._pools
+            pool = pools.get(target)
+            if pool is None:
+                raise BackendError(target, "no such backend")
+            conn = await pool.acquire(key, credentials, timeout=pools.wait_timeout, database=state.schema)
+            if gone():
+                pools.release(conn, Release.REUSE)
+                raise BackendError(target, "client went away")
+            self.hold(conn)
+        if not in_sync(self._holder, state, conn):
+            try:
+                await restore(self._holder, state, conn)
+            except BackendError:
+                self.release(conn, Why.UNTRUSTED)
+                raise
+        return conn
 
     def hold(self, conn: BackendConnection) -> None:
         """A connection the session just acquired."""
