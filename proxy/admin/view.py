@@ -8,13 +8,14 @@ import the app, so they can be built and tested against any object of this shape
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..listener import ListenerHost
+
 if TYPE_CHECKING:
     from ..backend import BackendConnection
-    from ..config import Config
     from ..health.failover import FailoverCoordinator
     from ..health.monitor import Monitor
     from ..health.states import BackendState
@@ -54,15 +55,10 @@ class ClientView(Protocol):
     def pinned_reason(self) -> str: ...
 
 
-class ProxyView(Protocol):
-    """The process: what operators read, and what they may ask of it."""
+class ProxyView(ListenerHost, Protocol):
+    """The process: what operators read, and what they may ask of it (its config, loop and
+    reload hooks: ``ListenerHost``)."""
 
-    @property
-    def config(self) -> Config: ...
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-    @property
-    def reload_hooks(self) -> list[Callable[[Config, Config], Awaitable[None]]]: ...
     @property
     def stats(self) -> Stats: ...
     @property

@@ -162,5 +162,6 @@ _HANDLERS: dict[int, Callable[[Commands, bytes], None]] = {
     int(Command.PING): Commands._ping,
     int(Command.QUIT): Commands._quit,
     int(Command.RESET_CONNECTION): Commands._reset_connection,
+    # Late-bound: the login layer above (client.ClientSession) implements it.
     int(Command.CHANGE_USER): lambda session, payload: session._change_user(payload),
 }
