@@ -82,6 +82,8 @@ class Baton:
         self.last_reload: ReloadResult | None = None
         self.reload_hooks: list[Callable[[Config, Config], Awaitable[None]]] = []
         self._resumed: asyncio.Future[None] | None = None
+        sha2 = config.proxy.auth_plugin == "caching_sha2_password"
+        rsa_key = auth.generate_rsa_key() if sha2 else None  # for the full auth exchange
         self.context = SessionContext(
             config=config,
             host=self,
@@ -92,7 +94,7 @@ class Baton:
             sessions=cast(dict[int, PeerSession], self.sessions),  # the same dict, seen narrowly
             server_version=config.proxy.server_version or DEFAULT_SERVER_VERSION,
             backend_capabilities=BACKEND_CAPABILITIES_BASE,
-            rsa_key=auth.generate_rsa_key() if config.proxy.auth_plugin == "caching_sha2_password" else None,
+            rsa_key=rsa_key,
         )
         self._servers: list[asyncio.base_events.Server] = []
         self._stopped = asyncio.Event()
@@ -110,7 +112,8 @@ class Baton:
             for u in config.users
         }
         proxy = config.proxy
-        self.context.tls_context = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
+        tls = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
+        self.context.tls_context = tls
         self.pools.configure(config)
 
     @property

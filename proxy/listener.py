@@ -28,7 +28,9 @@ class ListenerHost(Protocol):
 class OperatorListener:
     """A listener on ``[<section>] listen`` that follows config reloads."""
 
-    def __init__(self, host: ListenerHost, section: str, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self, host: ListenerHost, section: str, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
         self.host = host
         self.section = section
         self.factory = factory
@@ -47,7 +49,9 @@ class OperatorListener:
             await self._bind(cfg)
 
     async def _bind(self, cfg: AdminConfig | MetricsConfig) -> None:
-        server = await self.host.loop.create_server(self.factory, cfg.host, cfg.port, reuse_address=True)
+        server = await self.host.loop.create_server(
+            self.factory, cfg.host, cfg.port, reuse_address=True
+        )
         old, self.server = self.server, server
         if old is not None:
             old.close()
@@ -71,4 +75,10 @@ class OperatorListener:
         try:
             await self._bind(cfg)
         except OSError as exc:
-            self.log.error("%s_rebind_failed address=%s error=%r keeping=%s", self.section, cfg.listen, exc, self.listen)
+            self.log.error(
+                "%s_rebind_failed address=%s error=%r keeping=%s",
+                self.section,
+                cfg.listen,
+                exc,
+                self.listen,
+            )

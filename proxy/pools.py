@@ -62,13 +62,22 @@ class Pools:
                 self._pools.pop(name).close()
         for b in config.backends:
             pool = self._pools.get(b.name)
-            if pool is None or (pool.host, pool.port) != (b.host, b.port) or bool(pool.tls) != b.tls:
+            if (
+                pool is None
+                or (pool.host, pool.port) != (b.host, b.port)
+                or bool(pool.tls) != b.tls
+            ):
                 if pool is not None:
                     pool.close()
                 self._pools[b.name] = BackendPool(
-                    b.name, b.host, b.port, proxy.max_backend_connections,
-                    proxy.connect_timeout_ms / 1000, proxy.idle_backend_timeout_s,
-                    client_context() if b.tls else None, waiters_total=self.waiters,
+                    b.name,
+                    b.host,
+                    b.port,
+                    proxy.max_backend_connections,
+                    proxy.connect_timeout_ms / 1000,
+                    proxy.idle_backend_timeout_s,
+                    client_context() if b.tls else None,
+                    waiters_total=self.waiters,
                     on_wait=self._on_wait,
                 )
             else:

@@ -46,7 +46,9 @@ class FakeConn:
         self.aborted = ""
         self.paused = False
 
-    async def command(self, command: int, body: bytes = b"", timeout: float | None = None) -> FakeTracker:
+    async def command(
+        self, command: int, body: bytes = b"", timeout: float | None = None
+    ) -> FakeTracker:
         self.commands.append(command)
         return FakeTracker()
 
@@ -89,7 +91,9 @@ class Harness:
         return conn
 
     def prepared_on(self, conn: FakeConn) -> PreparedStatement:
-        stmt = PreparedStatement(self.stmts.next_id(), b"SELECT ?", 1, 1, master_only=False, is_read=True)
+        stmt = PreparedStatement(
+            self.stmts.next_id(), b"SELECT ?", 1, 1, master_only=False, is_read=True
+        )
         stmt.backend_ids[conn] = 7  # type: ignore[index]
         stmt.cursor_conn = conn  # type: ignore[assignment]
         self.stmts[stmt.client_id] = stmt

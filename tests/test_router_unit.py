@@ -136,7 +136,11 @@ def test_route_changes_nothing_it_is_given() -> None:
     ("session", "sql", "target"),
     [
         (SessionRouting(status=IN_TRANS, trx_backend="db2"), b"INSERT INTO t VALUES (1)", "db2"),
-        (SessionRouting(status=IN_TRANS, trx_backend="db1"), b"/* baton:replica */ SELECT 1", "db1"),
+        (
+            SessionRouting(status=IN_TRANS, trx_backend="db1"),
+            b"/* baton:replica */ SELECT 1",
+            "db1",
+        ),
         (SessionRouting(status=NO_AUTOCOMMIT), b"SELECT 1", "db1"),
         (SessionRouting(pins={Pin.TEMP_TABLE: 1}), b"SELECT * FROM tmp", "db1"),
         (SessionRouting(pin_next=True), b"SELECT FOUND_ROWS()", "db1"),
@@ -159,7 +163,9 @@ def test_causal_only_in_session_consistency_with_a_known_write() -> None:
     w = world()
     assert not route(w, SessionRouting(causal_gtid="0-1-5"), b"SELECT 1").causal  # eventual
     assert route(w, SessionRouting(causal_gtid="0-1-5", consistency="session"), b"SELECT 1").causal
-    assert route(world(consistency="session"), SessionRouting(causal_gtid="0-1-5"), b"SELECT 1").causal
+    assert route(
+        world(consistency="session"), SessionRouting(causal_gtid="0-1-5"), b"SELECT 1"
+    ).causal
     assert not route(w, SessionRouting(consistency="session"), b"SELECT 1").causal
 
 
@@ -267,8 +273,16 @@ def test_a_failed_ddl_lifts_the_hold_at_once() -> None:
 # -- after a backend died under a command ----------------------------------------------------
 
 
-def loss(w: World, session: SessionRouting, *, command: int = QUERY, read: bool = False,
-         retries: int = 0, forwarded: int = 0, backend: str = "db2") -> object:
+def loss(
+    w: World,
+    session: SessionRouting,
+    *,
+    command: int = QUERY,
+    read: bool = False,
+    retries: int = 0,
+    forwarded: int = 0,
+    backend: str = "db2",
+) -> object:
     return w.router.after_loss(session, backend, command, read, retries, forwarded)
 
 
@@ -297,7 +311,9 @@ def test_reads_are_retried_twice_then_fail_as_lost() -> None:
 def test_harmless_commands_are_retried_writes_are_not() -> None:
     w = world()
     assert loss(w, SessionRouting(), command=int(Command.STMT_PREPARE)) is RETRY
-    assert loss(w, SessionRouting(), command=int(Command.INIT_DB), retries=2) == Fail(errors.OUTCOME_UNKNOWN)
+    assert loss(w, SessionRouting(), command=int(Command.INIT_DB), retries=2) == Fail(
+        errors.OUTCOME_UNKNOWN
+    )
     assert loss(w, SessionRouting(), command=QUERY, backend="db1") == Fail(errors.OUTCOME_UNKNOWN)
 
 

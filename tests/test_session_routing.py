@@ -107,14 +107,30 @@ def test_clear_forgets_everything_that_tied_the_session() -> None:
 
 S = ClientState
 LEGAL = [
-    (S.LOGIN, S.WAITING), (S.WAITING, S.IDLE), (S.IDLE, S.ACTIVE), (S.ACTIVE, S.IDLE),
-    (S.ACTIVE, S.WAITING), (S.WAITING, S.ACTIVE), (S.ACTIVE, S.INFILE), (S.INFILE, S.ACTIVE),
-    (S.ACTIVE, S.LOGIN), (S.IDLE, S.CLOSED), (S.LOGIN, S.CLOSED), (S.INFILE, S.CLOSED),
+    (S.LOGIN, S.WAITING),
+    (S.WAITING, S.IDLE),
+    (S.IDLE, S.ACTIVE),
+    (S.ACTIVE, S.IDLE),
+    (S.ACTIVE, S.WAITING),
+    (S.WAITING, S.ACTIVE),
+    (S.ACTIVE, S.INFILE),
+    (S.INFILE, S.ACTIVE),
+    (S.ACTIVE, S.LOGIN),
+    (S.IDLE, S.CLOSED),
+    (S.LOGIN, S.CLOSED),
+    (S.INFILE, S.CLOSED),
 ]
 IMPOSSIBLE = [
-    (S.LOGIN, S.IDLE), (S.LOGIN, S.ACTIVE), (S.IDLE, S.WAITING), (S.IDLE, S.INFILE),
-    (S.IDLE, S.LOGIN), (S.INFILE, S.WAITING), (S.CLOSED, S.IDLE), (S.CLOSED, S.CLOSED),
-    (S.WAITING, S.INFILE), (S.IDLE, S.IDLE),
+    (S.LOGIN, S.IDLE),
+    (S.LOGIN, S.ACTIVE),
+    (S.IDLE, S.WAITING),
+    (S.IDLE, S.INFILE),
+    (S.IDLE, S.LOGIN),
+    (S.INFILE, S.WAITING),
+    (S.CLOSED, S.IDLE),
+    (S.CLOSED, S.CLOSED),
+    (S.WAITING, S.INFILE),
+    (S.IDLE, S.IDLE),
 ]
 
 
@@ -123,7 +139,9 @@ def test_legal_moves(old: ClientState, new: ClientState) -> None:
     assert next_state(old, new) is new
 
 
-@pytest.mark.parametrize(("old", "new"), IMPOSSIBLE, ids=[f"{a.name}->{b.name}" for a, b in IMPOSSIBLE])
+@pytest.mark.parametrize(
+    ("old", "new"), IMPOSSIBLE, ids=[f"{a.name}->{b.name}" for a, b in IMPOSSIBLE]
+)
 def test_impossible_moves_raise_naming_both_states(old: ClientState, new: ClientState) -> None:
     with pytest.raises(ImpossibleTransition) as info:
         next_state(old, new)

@@ -45,7 +45,7 @@ _EXECUTE = int(Command.STMT_EXECUTE)
 _REPLICA_COMMANDS = frozenset({int(Command.FIELD_LIST)})
 # Commands that change nothing: run again elsewhere when their backend dies under them.
 _SAFE_TO_REPEAT = frozenset(
-    {int(Command.STMT_PREPARE), int(Command.FIELD_LIST), int(Command.STATISTICS), int(Command.INIT_DB)}
+    int(c) for c in (Command.STMT_PREPARE, Command.FIELD_LIST, Command.STATISTICS, Command.INIT_DB)
 )
 
 
@@ -227,7 +227,9 @@ class Router:
         if readable:
             pick = self.balancer.pick(readable, self.weights)
             if pick is not None:
-                causal = session.causal_gtid is not None and self.consistency_for(session) == "session"
+                causal = (
+                    session.causal_gtid is not None and self.consistency_for(session) == "session"
+                )
                 return Route(pick, True, causal)
         if self.fallback_to_master:
             return Route(self.master(), True)

@@ -26,12 +26,16 @@ async def last_gtid(conn: BackendConnection) -> str | None:
     return value.decode() if value else None
 
 
-async def caught_up(conn: BackendConnection, gtid: str | None, host: SessionHost, timeout_s: float) -> bool:
+async def caught_up(
+    conn: BackendConnection, gtid: str | None, host: SessionHost, timeout_s: float
+) -> bool:
     """Has this replica applied ``gtid``? Waits up to ``timeout_s`` for it if needed."""
     if gtid is None or host.replica_has(conn.backend, gtid):
         return True
     try:
-        result = await conn.query(f"SELECT MASTER_GTID_WAIT('{gtid}', {timeout_s:.3f})", timeout=timeout_s + 2)
+        result = await conn.query(
+            f"SELECT MASTER_GTID_WAIT('{gtid}', {timeout_s:.3f})", timeout=timeout_s + 2
+        )
     except BackendError:
         return False
     return bool(result.rows) and result.rows[0][0] == b"0"

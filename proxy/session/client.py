@@ -69,7 +69,9 @@ class ClientSession(Commands):
         self._login = ServerLogin(self._handshake(tls_available=ctx.tls_context is not None), self)
         self._login.greet(ctx.handshake_timeout_s)
 
-    def _handshake(self, tls_available: bool = False, nonce: bytes | None = None) -> ServerHandshake:
+    def _handshake(
+        self, tls_available: bool = False, nonce: bytes | None = None
+    ) -> ServerHandshake:
         ctx = self.ctx
         compress = Capability.COMPRESS if ctx.config.proxy.compression else 0
         hs = ServerHandshake(
@@ -117,7 +119,9 @@ class ClientSession(Commands):
     def login_succeeded(self, auth: Authenticated) -> None:
         self.user = auth.user
         self.capabilities = auth.capabilities
-        caps = (auth.capabilities & int(RESPONSE_SHAPING_CAPABILITIES)) | self.ctx.backend_capabilities
+        caps = (
+            auth.capabilities & int(RESPONSE_SHAPING_CAPABILITIES)
+        ) | self.ctx.backend_capabilities
         self.pool_key = PoolKey(auth.user, caps, auth.charset)
         self.charset = auth.charset
         self.state.schema = auth.database
@@ -145,7 +149,11 @@ class ClientSession(Commands):
             self.transport = CompressedTransport(self.transport, self._zstream)
         log.debug(
             "client_logged_in client=%s user=%s peer=%s tls=%s compressed=%s",
-            self.id, self.user, self.peer, self._tls is not None, self._zstream is not None,
+            self.id,
+            self.user,
+            self.peer,
+            self._tls is not None,
+            self._zstream is not None,
         )
         self.inflight = None  # a CHANGE_USER is answered
         self.change_state(_S.IDLE)
@@ -179,7 +187,10 @@ class ClientSession(Commands):
         """Releases this session's connection to ``backend`` if it is idle and free to move."""
         conn = self.conns.get(backend)
         if (
-            conn is None or conn.busy or self.queue or self.client_state not in COMMAND_STATES
+            conn is None
+            or conn.busy
+            or self.queue
+            or self.client_state not in COMMAND_STATES
             or not self.free_to_move
         ):
             return False
@@ -231,7 +242,11 @@ class ClientSession(Commands):
     @property
     def link(self) -> str:
         """How the client is connected, for SHOW CLIENTS: tcp, tls, and/or compressed."""
-        parts = [p for p, on in (("tls", self._tls is not None), ("compressed", self._zstream is not None)) if on]
+        parts = [
+            p
+            for p, on in (("tls", self._tls is not None), ("compressed", self._zstream is not None))
+            if on
+        ]
         return "+".join(parts) or "tcp"
 
     def pinned_reason(self) -> str:
@@ -255,8 +270,11 @@ def _change_user_response(payload: bytes, caps: int) -> bytes:
         caps &= ~Capability.PLUGIN_AUTH
     return encode_handshake_response(
         HandshakeResponse(
-            capabilities=caps, charset=charset, user=user, auth_response=auth,
-            database=database or None, auth_plugin=plugin,
+            capabilities=caps,
+            charset=charset,
+            user=user,
+            auth_response=auth,
+            database=database or None,
+            auth_plugin=plugin,
         )
     )
-

@@ -24,9 +24,16 @@ _MULTI_STATEMENTS = int(Capability.MULTI_STATEMENTS)
 # Commands a client may send once logged in that go to a backend as they are.
 _FORWARDED = frozenset(
     {
-        Command.INIT_DB, Command.FIELD_LIST, Command.STATISTICS, Command.SET_OPTION,
-        Command.PROCESS_INFO, Command.REFRESH, Command.DEBUG,
-        Command.CREATE_DB, Command.DROP_DB, Command.SHUTDOWN,
+        Command.INIT_DB,
+        Command.FIELD_LIST,
+        Command.STATISTICS,
+        Command.SET_OPTION,
+        Command.PROCESS_INFO,
+        Command.REFRESH,
+        Command.DEBUG,
+        Command.CREATE_DB,
+        Command.DROP_DB,
+        Command.SHUTDOWN,
     }
 )
 
@@ -40,10 +47,14 @@ class Commands(PreparedCommands):
         while queue and self.client_state is _IDLE:
             seq, payload = queue.popleft()
             if seq != 0:
-                self._fatal(errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), f"command with sequence id {seq}")
+                self._fatal(
+                    errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), f"command with sequence id {seq}"
+                )
                 return
             if not payload:
-                self._fatal(errors.MALFORMED_PACKET.frame(1, reason="empty command packet"), "empty command")
+                self._fatal(
+                    errors.MALFORMED_PACKET.frame(1, reason="empty command packet"), "empty command"
+                )
                 return
             self.queries += 1
             command = payload[0]
@@ -104,7 +115,12 @@ class Commands(PreparedCommands):
             try:  # stop the statement on its server, not just Baton's side of it
                 await self.ctx.host.kill_query(running.backend, running.thread_id)
             except Exception as exc:  # noqa: BLE001 - the kill is best effort; say so in the log
-                log.warning("kill_query_failed client=%s backend=%s error=%r", client_id, running.backend, exc)
+                log.warning(
+                    "kill_query_failed client=%s backend=%s error=%r",
+                    client_id,
+                    running.backend,
+                    exc,
+                )
         if not query_only:
             target.kill(f"KILL from client {self.id}")
         if target is self and not query_only:

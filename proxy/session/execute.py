@@ -127,12 +127,18 @@ class Execution(ClientIntake):
         router = ctx.router
         try:
             if ctx.host.paused and not await ctx.host.wait_resumed(ctx.pause_timeout_s):
-                raise BatonFailure(errors.PAUSED_TIMEOUT, timeout_ms=int(ctx.pause_timeout_s * 1000))
+                raise BatonFailure(
+                    errors.PAUSED_TIMEOUT, timeout_ms=int(ctx.pause_timeout_s * 1000)
+                )
             if target is None:
                 target = (await router.wait_for_target(lambda: self._route_of(inflight))).target
                 assert target is not None
             routing = self.routing
-            if routing.in_transaction and target == routing.trx_backend and target not in self.conns:
+            if (
+                routing.in_transaction
+                and target == routing.trx_backend
+                and target not in self.conns
+            ):
                 # The transaction's connection died between statements: the transaction
                 # is gone with it; never start a fresh one there behind the client's back.
                 routing.lose_transaction(target)
@@ -140,9 +146,14 @@ class Execution(ClientIntake):
                 return
             conn = await self._connection_for(target)
             timeout_s = ctx.config.routing.causal_read_timeout_ms / 1000
-            if inflight.causal and not await causal.caught_up(conn, routing.causal_gtid, ctx.host, timeout_s):
+            if inflight.causal and not await causal.caught_up(
+                conn, routing.causal_gtid, ctx.host, timeout_s
+            ):
                 inflight.causal = False
-                master = router.master() or (await router.wait_for_target(lambda: self._route_of(inflight))).target
+                master = (
+                    router.master()
+                    or (await router.wait_for_target(lambda: self._route_of(inflight))).target
+                )
                 assert master is not None
                 conn = await self._connection_for(master)
             payload = inflight.payload
@@ -173,7 +184,9 @@ class Execution(ClientIntake):
         """A prepared statement's command as ``conn`` must see it (``prepared``)."""
         raise NotImplementedError
 
-    def _prepared(self, conn: BackendConnection, inflight: Inflight, tracker: ResponseTracker) -> None:
+    def _prepared(
+        self, conn: BackendConnection, inflight: Inflight, tracker: ResponseTracker
+    ) -> None:
         """Answers COM_STMT_PREPARE from the backend's answer (``prepared``)."""
         raise NotImplementedError
 
@@ -184,12 +197,18 @@ class Execution(ClientIntake):
             return False
         if inflight.read and inflight.retries < 2:
             return True
-        return not isinstance(exc, PoolExhausted | StateRestoreError) and self._may_hold(exc.backend, inflight)
+        return not isinstance(exc, PoolExhausted | StateRestoreError) and self._may_hold(
+            exc.backend, inflight
+        )
 
     def _may_hold(self, backend: str, inflight: Inflight) -> bool:
         """Hold a statement whose master cannot be reached, while the buffer window lasts."""
         ctx = self.ctx
-        if backend != ctx.topology.master or self.routing.in_transaction or not ctx.host.promotion_possible():
+        if (
+            backend != ctx.topology.master
+            or self.routing.in_transaction
+            or not ctx.host.promotion_possible()
+        ):
             return False
         if inflight.started + ctx.config.failover.buffer_window_ms / 1000 < time.monotonic():
             return False
@@ -222,7 +241,9 @@ class Execution(ClientIntake):
     async def _connection_for(self, target: str) -> BackendConnection:
         """The session's connection to ``target``, acquiring and preparing one if needed."""
         assert self.credentials is not None and self.pool_key is not None
-        return await self.leases.acquire(target, self.pool_key, self.credentials, self.state, self._gone)
+        return await self.leases.acquire(
+            target, self.pool_key, self.credentials, self.state, self._gone
+        )
 
     def _gone(self) -> bool:
         return self.client_state is _CLOSED
@@ -232,7 +253,12 @@ class Execution(ClientIntake):
     def response_data(self, data: bytes | memoryview) -> None:
         inflight = self.inflight
         if inflight is not None:
-            if not inflight.forwarded and len(data) > 6 and data[4] == 0xFF and not inflight.retries:
+            if (
+                not inflight.forwarded
+                and len(data) > 6
+                and data[4] == 0xFF
+                and not inflight.retries
+            ):
                 code = data[5] | (data[6] << 8)
                 if (code == _ER_NEED_REPREPARE and inflight.command == _EXECUTE) or (
                     code in _READ_ONLY_ERRORS and inflight.read
@@ -271,8 +297,12 @@ class Execution(ClientIntake):
         elif inflight.command == Command.INIT_DB and error is None:
             self.state.schema = conn.schema = inflight.payload[1:].decode("utf-8", "replace")
             self._synced(conn)
-        elif inflight.command == Command.SET_OPTION and error is None and len(inflight.payload) >= 3:
-            self.state.multi_option = conn.multi_option = inflight.payload[1] | (inflight.payload[2] << 8)
+        elif (
+            inflight.command == Command.SET_OPTION and error is None and len(inflight.payload) >= 3
+        ):
+            self.state.multi_option = conn.multi_option = inflight.payload[1] | (
+                inflight.payload[2] << 8
+            )
         elif inflight.command == _EXECUTE and inflight.stmt is not None:
             stmt = inflight.stmt
             stmt.cursor_conn = conn if status & _CURSOR else None
@@ -329,11 +359,18 @@ class Execution(ClientIntake):
         if inflight is None or inflight.conn is not conn:
             self.routing.backend_gone(target)  # the next statement hears of it
             return
-        log.warning("backend_lost_under_client client=%s backend=%s reason=%s", self.id, target, reason)
+        log.warning(
+            "backend_lost_under_client client=%s backend=%s reason=%s", self.id, target, reason
+        )
         if self.client_state is _INFILE:
             self.change_state(_ACTIVE)
         verdict = self.ctx.router.after_loss(
-            self.routing, target, inflight.command, inflight.read, inflight.retries, inflight.forwarded
+            self.routing,
+            target,
+            inflight.command,
+            inflight.read,
+            inflight.retries,
+            inflight.forwarded,
         )
         if isinstance(verdict, Close):
             # Part of a result already reached the client: it cannot be taken back.
@@ -360,8 +397,15 @@ class Execution(ClientIntake):
 
     def _observe_query(self, cls: Classification, conn: BackendConnection, ok: bool) -> None:
         routing = self.routing
-        if not (cls.parts or cls.pin or cls.unpin or cls.session_vars or cls.schema
-                or cls.temp_table or cls.dropped_tables):
+        if not (
+            cls.parts
+            or cls.pin
+            or cls.unpin
+            or cls.session_vars
+            or cls.schema
+            or cls.temp_table
+            or cls.dropped_tables
+        ):
             routing.pin_next = False  # the usual statement: nothing to remember
             return
         parts = cls.parts or (cls,)
@@ -396,7 +440,9 @@ class Execution(ClientIntake):
     def _session_consistency(self) -> bool:
         return self.ctx.router.consistency_for(self.routing) == "session"
 
-    def _learn_gtid_then_continue(self, conn: BackendConnection, inflight: Inflight, ddl: bool = False) -> None:
+    def _learn_gtid_then_continue(
+        self, conn: BackendConnection, inflight: Inflight, ddl: bool = False
+    ) -> None:
         # The session stays busy while Baton asks the connection: the client may already
         # have sent its next command, which must wait its turn (not share the connection).
         self.inflight = inflight

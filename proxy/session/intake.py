@@ -43,7 +43,9 @@ _IN_TRANS = int(ServerStatus.IN_TRANS)
 # Status flags that describe the session; the rest (cursor, last row, more results, state
 # changed) describe one response and must not leak into OK packets Baton builds itself.
 _REPLY_STATUS = int(
-    ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS_READONLY
+    ServerStatus.IN_TRANS
+    | ServerStatus.AUTOCOMMIT
+    | ServerStatus.IN_TRANS_READONLY
     | ServerStatus.NO_BACKSLASH_ESCAPES
 )
 # Pipelined commands queued before Baton stops reading the client's socket.
@@ -51,7 +53,12 @@ _MAX_QUEUED = 64
 # Bytes inflated from a compressed client per pass; the rest waits until they are served.
 _INFLATE_BUDGET = 4 << 20
 
-_LOGIN, _IDLE, _INFILE, _CLOSED = ClientState.LOGIN, ClientState.IDLE, ClientState.INFILE, ClientState.CLOSED
+_LOGIN, _IDLE, _INFILE, _CLOSED = (
+    ClientState.LOGIN,
+    ClientState.IDLE,
+    ClientState.INFILE,
+    ClientState.CLOSED,
+)
 
 ClientTransport = asyncio.Transport | TLSTransport | CompressedTransport
 
@@ -151,7 +158,8 @@ class ClientIntake(asyncio.Protocol):
             self._fatal(errors.PACKET_TOO_LARGE.frame(self.reader.last_seq + 1), "packet too large")
         except ProtocolError as exc:
             self._fatal(
-                errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc), f"malformed packet: {exc}"
+                errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc),
+                f"malformed packet: {exc}",
             )
 
     def _drain(self) -> None:
@@ -258,7 +266,9 @@ class ClientIntake(asyncio.Protocol):
         if isinstance(exc, PoolExhausted):
             code = errors.POOL_EXHAUSTED
             baton_errors[code.code] += 1
-            return code.frame(seq, backend=exc.backend, timeout_ms=int(exc.timeout * 1000), limit=exc.limit)
+            return code.frame(
+                seq, backend=exc.backend, timeout_ms=int(exc.timeout * 1000), limit=exc.limit
+            )
         baton_errors[errors.BACKEND_UNREACHABLE.code] += 1
         return errors.BACKEND_UNREACHABLE.frame(seq, backend=exc.backend, reason=exc.reason)
 

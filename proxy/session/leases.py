@@ -69,7 +69,9 @@ class Leases:
             pool = pools.get(target)
             if pool is None:
                 raise BackendError(target, "no such backend")
-            conn = await pool.acquire(key, credentials, timeout=pools.wait_timeout, database=state.schema)
+            conn = await pool.acquire(
+                key, credentials, timeout=pools.wait_timeout, database=state.schema
+            )
             if gone():
                 pools.release(conn, Release.REUSE)
                 raise BackendError(target, "client went away")

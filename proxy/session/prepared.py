@@ -45,7 +45,11 @@ class PreparedCommands(Execution):
         cls = classify(payload[1:])
         router = self.ctx.router
         try:
-            if cls.kind is Kind.READ and not cls.master_only and self.routing.free_to_move_between_statements:
+            if (
+                cls.kind is Kind.READ
+                and not cls.master_only
+                and self.routing.free_to_move_between_statements
+            ):
                 route = router.read_target(self.routing, None)
                 if route.causal:
                     inflight.causal = True
@@ -57,7 +61,9 @@ class PreparedCommands(Execution):
         inflight.read = True  # preparing changes nothing: safe to retry elsewhere
         self._wait_for(route.target, inflight)
 
-    def _prepared(self, conn: BackendConnection, inflight: Inflight, tracker: ResponseTracker) -> None:
+    def _prepared(
+        self, conn: BackendConnection, inflight: Inflight, tracker: ResponseTracker
+    ) -> None:
         """Answers COM_STMT_PREPARE from the backend's answer, with Baton's statement id."""
         self.ctx.stats.count(Command.STMT_PREPARE, conn.backend, tracker.error)
         packets = tracker.packets
@@ -65,7 +71,10 @@ class PreparedCommands(Execution):
             cls = classify(inflight.payload[1:])
             backend_id, columns, params = prepare_ok_ids(packets[0])
             stmt = PreparedStatement(
-                self.stmts.next_id(), inflight.payload[1:], params, columns,
+                self.stmts.next_id(),
+                inflight.payload[1:],
+                params,
+                columns,
                 master_only=cls.master_only or cls.kind is not Kind.READ,
                 is_read=cls.kind is Kind.READ,
             )
@@ -78,7 +87,9 @@ class PreparedCommands(Execution):
         stmt = self.stmts.get(statement_id(payload))
         if stmt is None and command not in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
             self._finish_with(
-                errors.UNKNOWN_STMT.frame(1, stmt_id=statement_id(payload), command=Command(command).name)
+                errors.UNKNOWN_STMT.frame(
+                    1, stmt_id=statement_id(payload), command=Command(command).name
+                )
             )
         return stmt
 
@@ -101,13 +112,19 @@ class PreparedCommands(Execution):
         if backend_id is None:
             tracker = await conn.command(Command.STMT_PREPARE, stmt.sql, timeout=10)
             if tracker.error is not None:
-                raise BackendError(conn.backend, f"re-prepare failed: {tracker.error.message}", tracker.error)
+                raise BackendError(
+                    conn.backend, f"re-prepare failed: {tracker.error.message}", tracker.error
+                )
             backend_id = prepare_ok_ids(tracker.packets[0])[0]
             stmt.backend_ids[conn] = backend_id
         command = inflight.command
         if command == _EXECUTE:
             for chunk in stmt.long_data:
-                conn.send([frame(with_statement_id(chunk, backend_id), 0)], Command.STMT_SEND_LONG_DATA, self)
+                conn.send(
+                    [frame(with_statement_id(chunk, backend_id), 0)],
+                    Command.STMT_SEND_LONG_DATA,
+                    self,
+                )
             stmt.long_data.clear()
             add = None if conn in stmt.types_sent else stmt.param_types
             stmt.types_sent.add(conn)
@@ -125,7 +142,9 @@ class PreparedCommands(Execution):
         if stmt is not None:
             for conn, backend_id in stmt.backend_ids.items():
                 if conn.alive and not conn.busy:
-                    conn.send([frame(with_statement_id(payload, backend_id), 0)], Command.STMT_CLOSE, self)
+                    conn.send(
+                        [frame(with_statement_id(payload, backend_id), 0)], Command.STMT_CLOSE, self
+                    )
         self._next()
 
     def _stmt_reset(self, payload: bytes) -> None:
