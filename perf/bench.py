@@ -35,15 +35,15 @@ from typing import Any, Protocol
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
-# Run as a script: make the proxy package and the tests' Baton launcher importable.
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+# Run as a script: make the proxy package importable.
+sys.path.insert(0, str(REPO_ROOT))
 
 import pymysql  # noqa: E402
-from baton_process import BatonProcess  # noqa: E402
 from haproxy import HAProxy, haproxy_version  # noqa: E402
 from proc_stats import machine_sample, sample, total_cpu_seconds  # noqa: E402
 
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version  # noqa: E402
+from proxy.sandbox.baton_process import BatonProcess  # noqa: E402
 
 SYSBENCH = "/usr/bin/sysbench"
 RESULTS_DIR = PERF_DIR / "results"

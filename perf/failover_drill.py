@@ -31,11 +31,9 @@ import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from baton_process import BatonProcess, admin_rows  # noqa: E402
 
 from proxy.sandbox import ReplicationSandbox, free_port  # noqa: E402
+from proxy.sandbox.baton_process import BatonProcess, admin_rows  # noqa: E402
 
 
 @dataclass

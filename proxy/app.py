@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Collection, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +22,11 @@ from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
 from .health.failover import FailoverCoordinator
 from .health.monitor import Monitor
+from .health.privileges import PrivilegeReport
 from .health.states import BackendState
 from .health.timeline import ClientOutcome
 from .health.topology import Topology
+from .listeners import Listener, ListenError, prepare_rebinds
 from .metrics import MetricsServer
 from .pools import Pools
 from .protocol import auth
@@ -34,7 +36,7 @@ from .routing.router import Router
 from .session import ClientSession, SessionContext
 from .session.context import PeerSession
 from .stats import Stats
-from .tls import server_context
+from .tls import backend_security, server_context
 
 log = logging.getLogger("baton")
 
@@ -76,11 +78,11 @@ class Baton:
         self.cluster: ClusterLink | None = None
         self.admin_server: AdminServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self.privileges = PrivilegeReport()
         self._awaiting_first_write: int | None = None
         # A free-to-move session gives its idle connections back after this long.
         self.idle_release_s = 1.0
         self.last_reload: ReloadResult | None = None
-        self.reload_hooks: list[Callable[[Config, Config], Awaitable[None]]] = []
         self._resumed: asyncio.Future[None] | None = None
         sha2 = config.proxy.auth_plugin == "caching_sha2_password"
         rsa_key = auth.generate_rsa_key() if sha2 else None  # for the full auth exchange
@@ -96,7 +98,9 @@ class Baton:
             backend_capabilities=BACKEND_CAPABILITIES_BASE,
             rsa_key=rsa_key,
         )
-        self._servers: list[asyncio.base_events.Server] = []
+        self.proxy_listener = Listener("proxy", self._new_session, backlog=1024)
+        self.listeners: list[Listener] = [self.proxy_listener]  # reloads move each of them
+        self._reload_lock = asyncio.Lock()  # a SIGHUP and a RELOAD never interleave
         self._stopped = asyncio.Event()
         self._background: set[asyncio.Task[object]] = set()
         self.apply_config(config)
@@ -230,6 +234,7 @@ class Baton:
                 Credentials(mon.user, mon.password.encode(), None),
                 timeout=self.config.proxy.connect_timeout_ms / 1000,
                 capabilities=int(SUPPORTED_CAPABILITIES),
+                security=backend_security(master),
             )
         except BackendError as exc:
             log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)
@@ -244,10 +249,7 @@ class Baton:
         await self._learn_server_version()
         await self._start_health()
         cfg = self.config.proxy
-        server = await self.loop.create_server(
-            self._new_session, cfg.host, cfg.port, reuse_address=True, backlog=1024
-        )
-        self._servers.append(server)
+        await self.proxy_listener.start_listening(self.config)
         self.spawn(self.pools.janitor(self._release_idle_sessions, self.idle_release_s))
         log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
         # >>> operator surfaces: admin port and Prometheus metrics (proxy/admin/server.py,
@@ -255,6 +257,7 @@ class Baton:
         # reloads of that address, and is closed in shutdown().
         self.admin_server = AdminServer(self)
         self.metrics_server = MetricsServer(self)
+        self.listeners += [self.admin_server, self.metrics_server]
         if self.config.admin.enabled:
             await self.admin_server.start()
         if self.config.metrics.enabled:
@@ -270,11 +273,21 @@ class Baton:
         self.failover = FailoverCoordinator(cfg.failover, cfg.backends, self.topology, self.monitor, self.bus)
         await self.monitor.start()
         await self.failover.start()
+        self.spawn(self._check_privileges(cfg))
         if cfg.redis.enabled:
-            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover)
+            self.cluster = ClusterLink(
+                cfg.redis, self.topology, self.failover, address=cfg.proxy.listen
+            )
             self.bus.subscribe(self.cluster.on_event)
-            self.failover.failover_gate = self.cluster.take_failover_lock
             await self.cluster.start()
+            self.failover.lease = self.cluster.lease
+
+    async def _check_privileges(self, cfg: Config) -> None:
+        """Say now, not in the middle of a failover, what the monitor account cannot do."""
+        roles = (b.name for b in cfg.backends if b.role == "master")
+        master = self.topology.master or next(roles, None)
+        await self.privileges.refresh(cfg.backends, cfg.monitor, cfg.failover, master)
+        self.privileges.log(cfg.failover.mode)
 
     async def switchover(self, to: str) -> object:
         """Planned switchover with no client errors: hold new writes, let open transactions
@@ -306,8 +319,7 @@ class Baton:
         if not self.accepting:
             return
         self.accepting = False
-        for server in self._servers:
-            server.close()
+        self.proxy_listener.close()
         if graceful:
             deadline = time.monotonic() + self.config.proxy.shutdown_grace_s
             while time.monotonic() < deadline and any(s.inflight is not None for s in self.sessions.values()):
@@ -334,11 +346,12 @@ class Baton:
 
     # -- operator actions (admin port, signals, CLI) ------------------------------------------
 
-    def reload(self) -> ReloadResult:
+    async def reload(self) -> ReloadResult:
         """Re-reads the config file; applies it only if it is valid, all at once.
 
         A bad file changes nothing: the running config stays, and the result (also shown by
-        SHOW CONFIG) says which file, key and reason.
+        SHOW CONFIG) says which file, key and reason. So does a new listen address that cannot
+        be bound: new addresses are bound before anything is applied.
         """
         if not self.config_path:
             result = ReloadResult(False, time.time(), "no config file to reload", ())
@@ -350,12 +363,29 @@ class Baton:
                 for line in exc.errors:
                     log.error("reload_rejected error=%r", line)
             else:
-                diff = diff_configs(self.config, new)
-                self.spawn(self._apply_reload(new))
-                result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
-                log.info("reload_applied changes=%r", result.summary)
+                result = await self._reload_to(new)
         self.stats.reloads[result.ok] += 1
         self.last_reload = result
+        return result
+
+    async def _reload_to(self, new: Config) -> ReloadResult:
+        async with self._reload_lock:
+            try:
+                rebinds = await prepare_rebinds(self.listeners, new)
+            except ListenError as exc:
+                log.error("reload_rejected error=%r", str(exc))
+                return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
+            diff = diff_configs(self.config, new)
+            try:
+                await self._apply_reload(new)
+            except BaseException:
+                for rebind in rebinds:
+                    rebind.abort()
+                raise
+            for rebind in rebinds:
+                rebind.commit()
+        result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
+        log.info("reload_applied changes=%r", result.summary)
         return result
 
     async def _apply_reload(self, new: Config) -> None:
@@ -372,20 +402,7 @@ class Baton:
             self.monitor.update(new.backends, new.monitor)
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
-        if (old.proxy.host, old.proxy.port) != (new.proxy.host, new.proxy.port):
-            await self._rebind(new)
-        for hook in self.reload_hooks:
-            await hook(old, new)
-
-    async def _rebind(self, new: Config) -> None:
-        """Listens on the new address first, then stops the old listener; clients stay."""
-        server = await self.loop.create_server(
-            self._new_session, new.proxy.host, new.proxy.port, reuse_address=True, backlog=1024
-        )
-        old, self._servers = self._servers, [server]
-        for s in old:
-            s.close()
-        log.info("listening address=%s (rebound)", new.proxy.listen)
+            self.spawn(self._check_privileges(new))
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""
@@ -437,7 +454,7 @@ async def serve(config_path: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: app.spawn(app.shutdown(graceful=True)))
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(app.reload()))
     pid_file = config.proxy.pid_file
     if pid_file:
         Path(pid_file).write_text(f"{os.getpid()}\n")

@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .net import tcp_nodelay
@@ -23,6 +23,7 @@ from .protocol.handshake import ClientHandshake, Failed, Ready, Send, StartTLS
 from .protocol.packets import ErrPacket, parse_column, parse_err, parse_ok, parse_text_row
 from .protocol.response import ResponseTracker, expects_response
 from .protocol.wire import PayloadReader, ProtocolError
+from .tls import NO_TLS, BackendSecurity
 
 log = logging.getLogger("baton.backend")
 
@@ -57,8 +58,8 @@ class ResponseSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class Credentials:
     user: str
-    password: bytes | None
-    stage1: bytes | None  # SHA1(password): enough for mysql_native_password
+    password: bytes | None = field(repr=False)
+    stage1: bytes | None = field(repr=False)  # SHA1(password): enough for mysql_native_password
 
 
 @dataclass(slots=True)
@@ -204,7 +205,7 @@ class BackendConnection(asyncio.Protocol):
 
     # -- login --------------------------------------------------------------------------------
 
-    async def _login(self, hs: ClientHandshake, tls: ssl.SSLContext | None) -> None:
+    async def _login(self, hs: ClientHandshake, security: BackendSecurity) -> None:
         assert self._login_packets is not None
         while True:
             pkt = await self._login_packets.get()
@@ -216,9 +217,9 @@ class BackendConnection(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.write(action.data)
                 elif isinstance(action, StartTLS):
-                    assert tls is not None and self.transport is not None
+                    assert security.tls is not None and self.transport is not None
                     self.transport = await self.loop.start_tls(  # type: ignore[assignment]
-                        self.transport, self, tls, server_hostname=None
+                        self.transport, self, security.tls, server_hostname=security.server_name
                     )
                 elif isinstance(action, Ready):
                     self.capabilities = action.capabilities
@@ -360,10 +361,14 @@ async def connect(
     capabilities: int = int(SUPPORTED_CAPABILITIES),
     database: str | None = None,
     charset: int = 45,
-    tls: ssl.SSLContext | None = None,
+    security: BackendSecurity = NO_TLS,
     attributes: dict[str, str] | None = None,
 ) -> BackendConnection:
-    """Opens and logs in a backend connection, or raises BackendError within ``timeout``."""
+    """Opens and logs in a backend connection, or raises BackendError within ``timeout``.
+
+    ``security`` says whether to use TLS and how far to trust the server: a certificate that
+    does not verify ends the login before anything about the user is sent.
+    """
     loop = asyncio.get_running_loop()
     conn = BackendConnection(backend, loop)
     hs = ClientHandshake(
@@ -374,18 +379,29 @@ async def connect(
         capabilities=capabilities,
         charset=charset,
         attributes=attributes or {"_client_name": "baton", "program_name": "baton"},
-        use_tls=tls is not None,
+        use_tls=security.tls is not None,
+        tls_verified=security.verified,
+        server_public_key=security.server_public_key,
+        get_server_public_key=security.get_server_public_key,
     )
 
     async def _open() -> None:
         await loop.create_connection(lambda: conn, host, port)
-        await conn._login(hs, tls)
+        await conn._login(hs, security)
 
     try:
         await asyncio.wait_for(_open(), timeout)
     except TimeoutError:
         conn.abort("connect timeout")
         raise BackendError(backend, f"connect/login timed out after {int(timeout * 1000)} ms") from None
+    except ssl.SSLCertVerificationError as exc:
+        conn.abort("server certificate refused")
+        raise BackendError(
+            backend, f"TLS: server certificate not trusted ({exc.verify_message}); login not sent"
+        ) from None
+    except ssl.SSLError as exc:
+        conn.abort("TLS handshake failed")
+        raise BackendError(backend, f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:
         conn.abort(str(exc))
         raise BackendError(backend, exc.strerror or str(exc)) from None

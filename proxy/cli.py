@@ -62,12 +62,19 @@ def run(config_path: str) -> None:
 
 @main.command("check-config")
 @CONFIG_OPTION
-def check_config(config_path: str) -> None:
+@click.option("--probe", is_flag=True,
+              help="Also log in to every backend as the monitor account and read SHOW GRANTS: "
+              "say which operations (monitor, promote, repoint, fence, switchover) it allows.")
+def check_config(config_path: str, probe: bool) -> None:
     """Validate a config file; print what is wrong or what it would run.
 
+    With --probe, exits 1 when a backend's grants cannot be read or the configured
+    failover mode cannot work with them.
+
     \b
-    Example:
+    Examples:
       baton check-config --config config.toml && systemctl reload baton
+      baton check-config --config config.toml --probe
     """
     from .config import ConfigError, describe, load_config
 
@@ -77,6 +84,26 @@ def check_config(config_path: str) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     click.echo(describe(config))
+    if probe and not _probe_privileges(config):
+        sys.exit(1)
+
+
+def _probe_privileges(config: Config) -> bool:
+    """Print what the monitor account may do per backend; False if something is wrong."""
+    import asyncio
+
+    from .health.privileges import Capabilities, PrivilegeReport
+
+    report = PrivilegeReport()
+    master = next((b.name for b in config.backends if b.role == "master"), None)
+    verdict = asyncio.run(
+        report.refresh(config.backends, config.monitor, config.failover, master)
+    )
+    click.echo(f"\nprivileges of monitor account {config.monitor.user!r} (SHOW GRANTS):")
+    for line in report.text(config.failover.mode):
+        click.echo(line)
+    unread = any(not isinstance(c, Capabilities) for c in report.probed.values())
+    return not unread and (verdict.auto or config.failover.mode != "auto")
 
 
 @main.command()
@@ -86,12 +113,20 @@ def check_config(config_path: str) -> None:
 @click.option("--port", default=6033, show_default=True, help="Port Baton listens on.")
 @click.option("--admin-port", default=6032, show_default=True, help="Admin port.")
 @click.option("--metrics-port", default=6070, show_default=True, help="Metrics port.")
-def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metrics_port: int) -> None:
+@click.option("--failover-mode", type=click.Choice(["auto", "follow", "manual"]), default="auto",
+              show_default=True, help="Baton's [failover] mode.")
+@click.option("--kill-master", is_flag=True,
+              help="Demo: kill the master (SIGKILL) under a write load through Baton and print "
+              "what the clients saw and the failover timeline.")
+def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metrics_port: int,
+            failover_mode: str, kill_master: bool) -> None:
     """Start a local MariaDB GTID topology (1 master, 2 replicas) with Baton in front.
 
     \b
     Examples:
       baton sandbox                 # then: mariadb -h127.0.0.1 -P6033 -uapp -papp
+      baton sandbox --kill-master   # watch a failover: clients' view and Baton's timeline
+      baton sandbox --failover-mode manual   # then kill the master and run: baton failover
       baton sandbox --down          # stop and delete it
     """
     from .sandbox import run_sandbox, sandbox_down
@@ -101,7 +136,8 @@ def sandbox(state_dir: str | None, down: bool, port: int, admin_port: int, metri
         sandbox_down(path)
         click.echo(f"sandbox in {path} stopped and removed")
         return
-    run_sandbox(path, proxy_port=port, admin_port=admin_port, metrics_port=metrics_port, echo=click.echo)
+    run_sandbox(path, proxy_port=port, admin_port=admin_port, metrics_port=metrics_port,
+                echo=click.echo, failover_mode=failover_mode, kill_master=kill_master)
 
 
 
@@ -329,6 +365,29 @@ def switchover(target: str, config_path: str | None, admin_addr: str | None, adm
     """
     with _connect(config_path, admin_addr, admin_user, admin_password, timeout) as admin:
         columns, rows = admin.query(f"SWITCHOVER TO {_quote_name(target)}")
+    click.echo(format_table(columns, rows))
+
+
+@main.command()
+@click.option("--to", "target", default=None, metavar="NAME",
+              help="Backend to promote (default: the one the election picks).")
+@_ops_options
+def failover(target: str | None, config_path: str | None, admin_addr: str | None,
+             admin_user: str | None, admin_password: str | None, timeout: float) -> None:
+    """Fail over a dead master now, whatever [failover] mode says.
+
+    The same steps as automatic failover: the replica that has received the most (or NAME,
+    if it has) applies its relay log, takes the writes, the others are repointed to it and
+    the old master is fenced. Refused while the master answers: use switchover then.
+
+    \b
+    Examples:
+      baton failover --config /etc/baton/config.toml
+      baton failover --to db3
+    """
+    command = "FAILOVER" + (f" TO {_quote_name(target)}" if target else "")
+    with _connect(config_path, admin_addr, admin_user, admin_password, timeout) as admin:
+        columns, rows = admin.query(command)
     click.echo(format_table(columns, rows))
 
 

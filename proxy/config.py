@@ -171,9 +171,16 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    url: str = field(default="", metadata=_SECRET)  # may carry a password
+    url: str = field(default="", repr=False, metadata=_SECRET)  # may carry a password
     channel: str = "baton"
     instance_id: str = ""  # "" = hostname:pid, filled in by whoever joins the channel
+    username: str = ""  # Redis ACL user ("" = the URL's, or none)
+    password: str = field(default="", repr=False, metadata=_SECRET)
+    tls_ca: str = ""  # CA file verifying a rediss:// server ("" = the system CAs)
+    # HMAC key signing every record instances share; the loader fills it from secret_file or
+    # the BATON_REDIS_SECRET environment variable when the key itself is absent.
+    secret: str = field(default="", repr=False, metadata=_SECRET)
+    secret_file: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -197,6 +204,27 @@ class BackendConfig:
     max_replication_lag_ms: int = 1000  # the loader fills in [routing]'s value when absent
     promotable: bool = True
     tls: bool = False
+    # Whom Baton trusts to be this server (see README "Security"). tls_verify defaults to
+    # true when tls_ca is set (the loader decides); without a CA it verifies against the
+    # system's trusted CAs.
+    tls_ca: str = ""
+    tls_verify: bool = False
+    tls_server_name: str = ""  # "" = the host of `address`
+    tls_cert: str = ""  # client certificate, for accounts that REQUIRE X509
+    tls_key: str = ""
+    # caching_sha2_password full authentication without verified TLS encrypts the password to
+    # this RSA public key (PEM file); asking the server for its key is refused unless allowed.
+    server_public_key: str = ""
+    get_server_public_key: bool = False
+
+    @property
+    def tls_settings(self) -> tuple[object, ...]:
+        """Everything that decides how a login to this server is protected: a change to any of
+        it means new connections (and a new TLS context)."""
+        return (
+            self.tls, self.tls_ca, self.tls_verify, self.tls_server_name or self.host,
+            self.tls_cert, self.tls_key, self.server_public_key, self.get_server_public_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +234,8 @@ class UserConfig:
     name: str
     password: str | None = field(default=None, repr=False, metadata=_SECRET)
     password_hash: str | None = field(default=None, repr=False, metadata=_SECRET)
+    max_connections: int = 0  # client sessions of this user at once; 0 = unlimited
+    max_backend_connections: int = 0  # its share of each backend's pool; 0 = the whole pool
 
     @property
     def native_hash(self) -> bytes:
@@ -289,6 +319,11 @@ RESTART_REQUIRED = frozenset(
         "redis.url",
         "redis.channel",
         "redis.instance_id",
+        "redis.username",
+        "redis.password",
+        "redis.tls_ca",
+        "redis.secret",
+        "redis.secret_file",
     }
 )
 
@@ -450,7 +485,10 @@ class _Table:
 
         return self._get(name, check, minimum)
 
-    def flag(self, name: str) -> bool:
+    def flag(self, name: str, *, default: bool | None = None) -> bool:
+        if default is not None and name not in self._table:
+            return default
+
         def check(value: Any) -> bool:
             if type(value) is not bool:
                 raise _Invalid(f"expected true or false, got {_show(value)} ({_toml_type(value)})")
@@ -638,12 +676,59 @@ def _check_redis_url(value: str) -> None:
         )
 
 
+# Where the coordination secret comes from when neither secret nor secret_file is set, so
+# that it need not be written in config.toml at all.
+REDIS_SECRET_ENV = "BATON_REDIS_SECRET"
+MIN_SECRET_BYTES = 16
+
+
 def _read_redis(t: _Table, base: Path) -> RedisConfig:
+    url = t.text("url", secret=True, check=_check_redis_url)
+    tls_ca = t.text("tls_ca")
+    if tls_ca:
+        tls_ca = str(Path(tls_ca) if Path(tls_ca).is_absolute() else base / tls_ca)
+        if not os.access(tls_ca, os.R_OK):
+            t.report(t.key("tls_ca"), f"cannot read {tls_ca!r}")
+        elif urlsplit(url).scheme != "rediss":
+            t.report(t.key("tls_ca"), "set, but url is not a rediss:// URL (TLS is off)")
     return RedisConfig(
-        url=t.text("url", secret=True, check=_check_redis_url),
+        url=url,
         channel=t.text("channel", nonempty=True),
         instance_id=t.text("instance_id"),
+        username=t.text("username"),
+        password=t.text("password", secret=True),
+        tls_ca=tls_ca,
+        secret=_redis_secret(t, base),
+        secret_file=t.text("secret_file"),
     )
+
+
+def _redis_secret(t: _Table, base: Path) -> str:
+    """secret, else secret_file's content (outer whitespace stripped), else $BATON_REDIS_SECRET,
+    else "" (the cluster then runs unauthenticated, with a warning at start)."""
+    secret, path = t.text("secret", secret=True), t.text("secret_file")
+    if secret and path:
+        t.report(t.key("secret"), "both secret and secret_file are set; set one")
+        return ""
+    where = t.key("secret")
+    if path:
+        full = Path(path) if Path(path).is_absolute() else base / path
+        where = t.key("secret_file")
+        try:
+            secret = full.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            t.report(where, f"cannot read {str(full)!r}: {getattr(e, 'strerror', None) or e}")
+            return ""
+    elif not secret:
+        where, secret = f"{REDIS_SECRET_ENV} (environment)", os.environ.get(REDIS_SECRET_ENV, "")
+    if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+        t.report(
+            where,
+            f"a secret of at least {MIN_SECRET_BYTES} bytes is required, got "
+            f"{len(secret.encode())}; e.g. openssl rand -hex 32",
+        )
+        return ""
+    return secret
 
 
 def _read_log(t: _Table, base: Path) -> LogConfig:
@@ -664,7 +749,7 @@ def _check_backend_name(value: str) -> None:
         )
 
 
-def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
+def _read_backend(t: _Table, routing: RoutingConfig, base: Path) -> BackendConfig:
     name = t.text("name", check=_check_backend_name)
     address, host, port = t.address("address")
     return BackendConfig(
@@ -678,8 +763,70 @@ def _read_backend(t: _Table, routing: RoutingConfig) -> BackendConfig:
             "max_replication_lag_ms", minimum=0, default=routing.max_replication_lag_ms
         ),
         promotable=t.flag("promotable"),
-        tls=t.flag("tls"),
+        **_read_backend_security(t, base),
     )
+
+
+def _read_backend_security(t: _Table, base: Path) -> dict[str, Any]:
+    """The TLS and RSA-key keys of a backend; files are read now so a wrong path fails here."""
+    tls = t.flag("tls")
+    tls_ca = _readable_path(t, "tls_ca", base)
+    tls_verify = t.flag("tls_verify", default=bool(tls_ca))
+    tls_cert, tls_key = _check_tls(t, t.text("tls_cert"), t.text("tls_key"), base)
+    tls_server_name = t.text("tls_server_name")
+    server_public_key = _readable_path(t, "server_public_key", base)
+    if server_public_key:
+        _check_public_key(t, server_public_key)
+    if not tls:
+        given = {"tls_ca": tls_ca, "tls_verify": tls_verify, "tls_server_name": tls_server_name,
+                 "tls_cert": tls_cert}
+        for name, value in given.items():
+            if value:
+                t.report(t.key(name), f"{name} is set but tls is false; set tls = true to use it")
+    if tls_ca:
+        try:
+            ssl.create_default_context(cafile=tls_ca)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            t.report(t.key("tls_ca"), f"cannot load CA certificates from {tls_ca!r} ({e}); "
+                     "expected a PEM file of one or more certificates")
+    return {
+        "tls": tls,
+        "tls_ca": tls_ca,
+        "tls_verify": tls_verify,
+        "tls_server_name": tls_server_name,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "server_public_key": server_public_key,
+        "get_server_public_key": t.flag("get_server_public_key"),
+    }
+
+
+def _readable_path(t: _Table, name: str, base: Path) -> str:
+    """A file path key: relative to the config file's directory; reported if unreadable."""
+    value = t.text(name)
+    if not value:
+        return ""
+    path = str(Path(value) if Path(value).is_absolute() else base / value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        t.report(t.key(name), f"cannot read {path!r}: {e.strerror or e}")
+        return ""
+    return path
+
+
+def _check_public_key(t: _Table, path: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (ValueError, TypeError) as e:
+        t.report(t.key("server_public_key"), f"{path!r} is not a PEM public key ({e})")
+        return
+    if not isinstance(key, rsa.RSAPublicKey):
+        t.report(t.key("server_public_key"), f"{path!r} is not an RSA public key")
 
 
 _NATIVE_HASH = re.compile(r"\*[0-9A-Fa-f]{40}")
@@ -698,7 +845,7 @@ def _check_native_hash(value: str) -> None:
         )
 
 
-def _read_user(t: _Table) -> UserConfig:
+def _read_user(t: _Table, proxy: ProxyConfig) -> UserConfig:
     name = t.text("name", nonempty=True, check=_check_user_name)
     has_password, has_hash = t.present("password"), t.present("password_hash")
     password = t.text("password", secret=True, nonempty=True) if has_password else None
@@ -712,8 +859,24 @@ def _read_user(t: _Table) -> UserConfig:
             "given; set exactly one",
         )
     return UserConfig(
-        name=name, password=password, password_hash=password_hash.upper() if password_hash else None
+        name=name,
+        password=password,
+        password_hash=password_hash.upper() if password_hash else None,
+        max_connections=t.integer("max_connections", minimum=0),
+        max_backend_connections=_backend_share(t, proxy),
     )
+
+
+def _backend_share(t: _Table, proxy: ProxyConfig) -> int:
+    share = t.integer("max_backend_connections", minimum=0)
+    if share > proxy.max_backend_connections:
+        t.report(
+            t.key("max_backend_connections"),
+            f"must be <= [proxy] max_backend_connections ({proxy.max_backend_connections}), "
+            f"the size of each backend's pool that this is a share of; got {share}",
+        )
+        return 0
+    return share
 
 
 _SECTION_READERS: dict[str, Callable[[_Table, Path], Any]] = {
@@ -783,11 +946,12 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         table.finish()
 
     routing = sections["routing"]
-    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing), report)
-    users = _read_list(document, "users", _read_user, report)
+    backends = _read_list(document, "backends", lambda t: _read_backend(t, routing, base), report)
+    users = _read_list(document, "users", lambda t: _read_user(t, sections["proxy"]), report)
     _check_backends(backends, report)
     _check_unique("users", [u.name for u in users], report)
     _check_listeners(sections, report)
+    _check_admin_credentials(sections["admin"], report)
     if errors:
         raise ConfigError(errors)
     return Config(backends=backends, users=users, source=source, **sections)
@@ -891,6 +1055,34 @@ def _check_listeners(sections: dict[str, Any], report: Callable[[str, str], None
         taken.append((name, section.host, section.port))
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a listener on ``host`` (a name other than localhost may
+    resolve to anything; a wildcard listens everywhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_admin_credentials(admin: AdminConfig, report: Callable[[str, str], None]) -> None:
+    """The admin console can promote, kill and shut down: off loopback, its password must be
+    neither empty nor the well-known default."""
+    if not admin.enabled or is_loopback(admin.host):
+        return
+    default = AdminConfig().password
+    weak = "an empty password" if not admin.password else (
+        f"the default password {default!r}" if admin.password == default else ""
+    )
+    if weak:
+        report(
+            "admin.password",
+            f"admin.listen {admin.listen!r} is not a loopback address and the admin console "
+            f"has {weak}; set a strong admin.password, or listen on 127.0.0.1",
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Summary and diff
 
@@ -901,7 +1093,8 @@ def describe(config: Config) -> str:
     on = {True: "on", False: "off"}
     redis = "disabled"
     if config.redis.enabled:
-        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}"
+        signed = "signed" if config.redis.secret else "UNSIGNED: set secret"
+        redis = f"{_mask_url(config.redis.url)}  channel {config.redis.channel}  {signed}"
     lines = [
         f"Baton configuration from {config.source}",
         f"  proxy     {p.listen}  auth {p.auth_plugin}, client TLS {on[p.tls_enabled]}, "
@@ -924,13 +1117,24 @@ def describe(config: Config) -> str:
     for b in config.backends:
         traits = [f"max lag {b.max_replication_lag_ms} ms"]
         traits += ["promotable"] if b.promotable else ["never promoted"]
-        traits += ["TLS"] if b.tls else []
+        traits += [("TLS, verified" if b.tls_verify else "TLS, not verified")] if b.tls else []
         lines.append(
             f"  {b.name:<{width}}  {b.address:<{addr_width}}  {b.role:<7}  weight {b.weight}, "
             + ", ".join(traits)
         )
-    lines.append(f"users ({len(config.users)}): " + ", ".join(u.name for u in config.users))
+    lines.append(
+        f"users ({len(config.users)}): " + ", ".join(_user_summary(u) for u in config.users)
+    )
     return "\n".join(lines)
+
+
+def _user_summary(user: UserConfig) -> str:
+    limits = []
+    if user.max_connections:
+        limits.append(f"{user.max_connections} sessions max")
+    if user.max_backend_connections:
+        limits.append(f"{user.max_backend_connections} connections per backend")
+    return f"{user.name} ({', '.join(limits)})" if limits else user.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,12 @@ BAD_CONSISTENCY = ErrorCode(
     9110, "42000", "Baton: @baton_consistency must be 'session' or 'eventual', not '{value}'",
     "SET @baton_consistency was given a value Baton does not know.",
 )
+USER_POOL_EXHAUSTED = ErrorCode(
+    9113, "HY000", "Baton: user '{user}' has all {limit} of its connections to backend {backend} "
+    "busy; none was freed within {timeout_ms} ms ([[users]] max_backend_connections={limit})",
+    "The user's share of the backend's pool ([[users]] max_backend_connections) stayed busy for "
+    "too long; other users' connections are not taken for it.",
+)
 NO_CURSOR = ErrorCode(
     9111, "HY000", "Baton: statement {stmt_id} has no open cursor to fetch from",
     "COM_STMT_FETCH for a statement whose cursor is closed or was lost with its backend.",
@@ -97,6 +103,12 @@ NOT_OWNER = ErrorCode(
 )
 TOO_MANY_CONNECTIONS = ErrorCode(
     1040, "08004", "Too many connections", "[proxy] max_client_connections reached (MySQL's own code).",
+)
+USER_CONNECTIONS_LIMIT = ErrorCode(
+    1226, "42000",
+    "User '{user}' has exceeded the 'max_user_connections' resource (current value: {limit})",
+    "The user already had [[users]] max_connections client sessions open (MySQL's own code and "
+    "text for an account's MAX_USER_CONNECTIONS); other users are not affected.",
 )
 UNKNOWN_COMMAND = ErrorCode(
     1047, "08S01", "Unknown command {command:#04x}", "A command byte Baton does not accept (MySQL's own code).",
@@ -120,6 +132,11 @@ UNKNOWN_STMT = ErrorCode(
     "The client used a statement id it never prepared or already closed (MySQL's own code).",
 )
 
+LOGIN_THROTTLED = ErrorCode(
+    1129, "HY000", "Host '{host}' is blocked after {failures} failed logins; retry in {retry_s} s",
+    "Too many failed logins from this address on the admin port (MySQL's own code for a "
+    "blocked host); it may try again when the oldest failure is a minute old.",
+)
 ADMIN_SYNTAX = ErrorCode(
     1064, "42000", "Baton admin: {reason}. Accepted: {accepted}",
     "The admin port did not understand the command (MySQL's own code; not 1047, whose SQLSTATE "

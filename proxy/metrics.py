@@ -31,6 +31,7 @@ statements_held_total                  counter    held while no master was writa
 statements_held_now                    gauge      held right now
 statements_retried_total               counter    reads retried on another backend
 statements_failed_total                counter    statements that ended with a Baton error
+masterless                             gauge      1 while the master is lost and no failover could replace it
 failovers_total                        counter    kind, outcome (promoted|refused|failed|...)
 failover_duration_seconds              summary    detection to promotion (timeline promoted_ms)
 last_failover_duration_seconds         gauge
@@ -39,6 +40,10 @@ last_reload_success                    gauge      1/0 (absent before the first r
 paused                                 gauge      1 while an operator PAUSE holds statements
 info                                   gauge      version, server_version
 start_time_seconds                     gauge
+cluster_instances                      gauge      live instances on the Redis channel (1 alone)
+cluster_epoch                          gauge      instance: the epoch each live instance reports
+failover_suspended                     gauge      1 while automatic failover is suspended here
+cluster_messages_rejected_total        counter    reason (malformed|unsigned|bad_signature|...)
 =====================================  =========  ===============================================
 """
 
@@ -61,7 +66,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .admin.tables import failover_rows
+from .admin.tables import CLUSTER_COLUMNS, cluster_table, failover_rows
+from .health.signing import REJECTION_REASONS
 from .health.states import BackendState
 from .listener import OperatorListener
 from .stats import LATENCY_BUCKETS
@@ -87,6 +93,7 @@ class BatonCollector(Collector):
         yield from self._clients()
         yield from self._failovers()
         yield from self._operations()
+        yield from self._cluster()
 
     def _queries(self) -> Iterator[Metric]:
         st = self.app.stats
@@ -169,6 +176,11 @@ class BatonCollector(Collector):
         yield CounterMetricFamily("baton_auth_failures", "Client logins refused.", value=app.stats.auth_failures)
 
     def _failovers(self) -> Iterator[Metric]:
+        failover = self.app.failover
+        yield GaugeMetricFamily(
+            "baton_masterless", "1 while the master is lost and no failover could replace it.",
+            value=float(failover is not None and failover.masterless is not None),
+        )
         rows = failover_rows(self.app)  # newest first
         total = CounterMetricFamily(
             "baton_failovers", "Changes of master on the failover timeline (last 50 kept).",
@@ -223,6 +235,32 @@ class BatonCollector(Collector):
         info.add_metric([__version__, app.server_version], 1)
         yield info
         yield GaugeMetricFamily("baton_start_time_seconds", "Start time (Unix seconds).", value=app.started_at)
+
+    def _cluster(self) -> Iterator[Metric]:
+        rows = cluster_table(self.app).rows
+        column = {name: i for i, name in enumerate(CLUSTER_COLUMNS)}
+        yield GaugeMetricFamily(
+            "baton_cluster_instances", "Live Baton instances on the Redis channel.", value=len(rows)
+        )
+        epochs = GaugeMetricFamily(
+            "baton_cluster_epoch", "Epoch each live instance reports.", labels=["instance"]
+        )
+        for row in rows:
+            epochs.add_metric([str(row[column["id"]])], float(row[column["epoch"]] or 0))
+        yield epochs
+        cluster = self.app.cluster
+        suspended = cluster is not None and cluster.failover_status()[0] == "suspended"
+        yield GaugeMetricFamily(
+            "baton_failover_suspended", "1 while automatic failover is suspended on this instance.",
+            value=float(suspended),
+        )
+        rejected = CounterMetricFamily(
+            "baton_cluster_messages_rejected",
+            "Coordination records from Redis ignored, by reason.", labels=["reason"],
+        )
+        for reason in REJECTION_REASONS:
+            rejected.add_metric([reason], cluster.rejected[reason] if cluster is not None else 0)
+        yield rejected
 
 
 def _le(bound: float) -> str:

@@ -5,20 +5,26 @@ untouched, so a connection may only serve clients that negotiated the same respo
 it is logged in as one user. Like asyncpg's pool, each pool has a *generation*: ``retire()``
 bumps it (after a promotion, a reload or an admin OFFLINE_HARD) and connections from an older
 generation are closed when released instead of being reused.
+
+A user may be held to a share of each pool (``[[users]] max_backend_connections``, passed to
+``acquire`` as ``user_limit``): at most that many of its connections, in use, idle or logging in.
+A session that finds its user's share busy waits for one of that user's connections, not for
+the pool: ``release`` wakes a waiter of the same user first, so a user at its share neither takes
+other users' connections nor is starved by them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 from .backend import BackendConnection, BackendError, Credentials, await_login, connect
+from .tls import NO_TLS, BackendSecurity
 
 log = logging.getLogger("baton.pool")
 
@@ -58,7 +64,7 @@ class BackendPool:
     max_connections: int
     connect_timeout: float
     idle_timeout: float = 300.0
-    tls: ssl.SSLContext | None = None
+    security: BackendSecurity = NO_TLS  # TLS and RSA-key policy for logins (proxy/tls.py)
     generation: int = 0
     stats: PoolStats = field(default_factory=PoolStats)
     # Waiters across all pools, shared: lets a session skip checking every pool after every
@@ -71,7 +77,9 @@ class BackendPool:
         self._idle: dict[PoolKey, deque[BackendConnection]] = {}
         self._in_use: set[BackendConnection] = set()
         self._connecting = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._connecting_users: Counter[str] = Counter()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # for the pool's cap
+        self._user_waiters: dict[str, deque[asyncio.Future[None]]] = {}  # for a user's share
         self.closed = False
 
     # -- counts (SHOW POOLS) ------------------------------------------------------------------
@@ -90,7 +98,13 @@ class BackendPool:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + sum(len(q) for q in self._user_waiters.values())
+
+    def user_total(self, user: str) -> int:
+        """The user's connections in this pool: in use, idle or logging in."""
+        in_use = sum(1 for c in self._in_use if getattr(c.pool_key, "user", "") == user)
+        idle = sum(len(q) for k, q in self._idle.items() if k.user == user)
+        return in_use + idle + self._connecting_users[user]
 
     def counts_by_user(self) -> dict[str, tuple[int, int]]:
         """(in use, idle) connections per login user, for SHOW POOLS."""
@@ -135,8 +149,15 @@ class BackendPool:
         self.stats.reused += 1
         return best
 
-    async def acquire(self, key: PoolKey, credentials: Credentials, *, timeout: float, database: str | None = None) -> BackendConnection:
-        """A connection for ``key``: an idle one, a new one, or the next released one."""
+    async def acquire(
+        self, key: PoolKey, credentials: Credentials, *, timeout: float,
+        database: str | None = None, user_limit: int = 0,
+    ) -> BackendConnection:
+        """A connection for ``key``: an idle one, a new one, or the next released one.
+
+        user_limit: the most connections ``key.user`` may have in this pool (0: no limit).
+        Raises PoolExhausted (UserShareExhausted for the user's share) after ``timeout``.
+        """
         deadline = time.monotonic() + timeout
         while True:
             if self.closed:
@@ -144,15 +165,25 @@ class BackendPool:
             conn = self.try_acquire_idle(key, database)
             if conn is not None:
                 return conn
-            if self.total < self.max_connections:
+            at_share = bool(user_limit) and self.user_total(key.user) >= user_limit
+            if at_share:
+                if self._evict_idle(key, database, only_user=key.user):
+                    continue  # one of its own idle connections that cannot serve: replace it
+            elif self.total < self.max_connections:
                 return await self._open(key, credentials, max(0.05, min(self.connect_timeout, deadline - time.monotonic())), database)
-            if self._evict_idle(key, database):
+            elif self._evict_idle(key, database):
                 continue
+            queue = self._user_waiters.setdefault(key.user, deque()) if at_share else self._waiters
+            exhausted = (
+                UserShareExhausted(self.name, key.user, user_limit, timeout)
+                if at_share
+                else PoolExhausted(self.name, self.max_connections, timeout)
+            )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise PoolExhausted(self.name, self.max_connections, timeout)
+                raise exhausted
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            queue.append(waiter)
             self.waiters_total.n += 1
             self.stats.waits += 1
             if self.on_wait is not None:
@@ -160,18 +191,22 @@ class BackendPool:
             try:
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
-                raise PoolExhausted(self.name, self.max_connections, timeout) from None
+                raise exhausted from None
             finally:
                 self.waiters_total.n -= 1
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if waiter in queue:
+                    queue.remove(waiter)
+                if at_share and not queue and self._user_waiters.get(key.user) is queue:
+                    del self._user_waiters[key.user]  # (a newer queue may have replaced it)
 
     async def _open(self, key: PoolKey, credentials: Credentials, timeout: float, database: str | None) -> BackendConnection:
         self._connecting += 1
+        self._connecting_users[key.user] += 1
         login = asyncio.ensure_future(
             connect(
                 self.name, self.host, self.port, credentials, timeout=timeout,
-                capabilities=key.capabilities, database=database, charset=key.charset, tls=self.tls,
+                capabilities=key.capabilities, database=database, charset=key.charset,
+                security=self.security,
             )
         )
         try:
@@ -181,15 +216,21 @@ class BackendPool:
         except asyncio.CancelledError:
             raise  # _adopt counts the login out when it is done
         except BackendError:
-            self._connecting -= 1
+            self._login_ended(key)
             self.stats.connect_errors += 1
-            self._wake()
+            self._wake(key.user)
             raise
         except BaseException:
-            self._connecting -= 1
+            self._login_ended(key)
             raise
-        self._connecting -= 1
+        self._login_ended(key)
         return self._opened(conn, key)
+
+    def _login_ended(self, key: PoolKey) -> None:
+        self._connecting -= 1
+        self._connecting_users[key.user] -= 1
+        if self._connecting_users[key.user] <= 0:
+            del self._connecting_users[key.user]
 
     def _opened(self, conn: BackendConnection, key: PoolKey) -> BackendConnection:
         self.stats.connects += 1
@@ -200,11 +241,11 @@ class BackendPool:
 
     def _adopt(self, login: asyncio.Future[BackendConnection], key: PoolKey) -> None:
         """A login nobody waits for any more: pooled as idle if it succeeded."""
-        self._connecting -= 1
+        self._login_ended(key)
         if login.cancelled() or login.exception() is not None:
             if not login.cancelled():
                 self.stats.connect_errors += 1
-            self._wake()
+            self._wake(key.user)
             return
         self.release(self._opened(login.result(), key))  # idle, or closed if the pool moved on
 
@@ -223,29 +264,38 @@ class BackendPool:
             self._idle.setdefault(key, deque()).append(conn)
         else:
             self._discard(conn)
-        self._wake()
+        self._wake(getattr(conn.pool_key, "user", None))
 
     def forget(self, conn: BackendConnection) -> None:
         """A connection that died while in use."""
         self._in_use.discard(conn)
-        self._wake()
+        self._wake(getattr(conn.pool_key, "user", None))
 
     def _discard(self, conn: BackendConnection) -> None:
         self.stats.closed += 1
         conn.close()
 
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def _wake(self, user: str | None = None) -> None:
+        """A connection was freed (of ``user``): wake one waiter it can serve, a waiter held
+        by that user's share first, as only that user's connections can end that wait."""
+        queues = [self._waiters]
+        if user is not None and user in self._user_waiters:
+            queues.insert(0, self._user_waiters[user])
+        for queue in queues:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
 
-    def _evict_idle(self, key: PoolKey, database: str | None) -> bool:
+    def _evict_idle(self, key: PoolKey, database: str | None, only_user: str | None = None) -> bool:
         """At the cap, with idle connections that cannot serve this session (another user,
-        or a schema it cannot shed): close the oldest to make room for a new one."""
+        or a schema it cannot shed): close the oldest to make room for a new one. With
+        ``only_user``, only that user's (at its share, it may not take another user's room)."""
         oldest: tuple[float, PoolKey, BackendConnection] | None = None
         for k, q in self._idle.items():
+            if only_user is not None and k.user != only_user:
+                continue
             for conn in q:
                 unusable = k != key or (database is None and conn.schema is not None)
                 if unusable and (oldest is None or conn.last_used < oldest[0]):
@@ -291,5 +341,18 @@ class BackendPool:
 class PoolExhausted(BackendError):
     def __init__(self, backend: str, limit: int, timeout: float) -> None:
         super().__init__(backend, f"no free connection within {int(timeout * 1000)} ms (limit {limit})")
+        self.limit = limit
+        self.timeout = timeout
+
+
+class UserShareExhausted(PoolExhausted):
+    """The user's share of the pool (``[[users]] max_backend_connections``) stayed busy."""
+
+    def __init__(self, backend: str, user: str, limit: int, timeout: float) -> None:
+        BackendError.__init__(
+            self, backend, f"user {user!r} had all {limit} of its connections busy for "
+            f"{int(timeout * 1000)} ms",
+        )
+        self.user = user
         self.limit = limit
         self.timeout = timeout

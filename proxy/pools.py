@@ -21,7 +21,7 @@ from .backend import BackendConnection, BackendError
 from .config import Config
 from .pool import BackendPool, WaiterCount
 from .protocol.constants import Command
-from .tls import client_context
+from .tls import backend_security
 
 log = logging.getLogger("baton.pool")
 
@@ -62,10 +62,11 @@ class Pools:
                 self._pools.pop(name).close()
         for b in config.backends:
             pool = self._pools.get(b.name)
+            security = backend_security(b)
             if (
                 pool is None
                 or (pool.host, pool.port) != (b.host, b.port)
-                or bool(pool.tls) != b.tls
+                or pool.security is not security
             ):
                 if pool is not None:
                     pool.close()
@@ -76,7 +77,7 @@ class Pools:
                     proxy.max_backend_connections,
                     proxy.connect_timeout_ms / 1000,
                     proxy.idle_backend_timeout_s,
-                    client_context() if b.tls else None,
+                    security,
                     waiters_total=self.waiters,
                     on_wait=self._on_wait,
                 )

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from baton_process import BatonProcess
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_ports
+from proxy.sandbox.baton_process import BatonProcess
 
 
 def pytest_configure(config: pytest.Config) -> None:

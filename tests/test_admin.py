@@ -17,11 +17,11 @@ from typing import Any
 import mysql.connector
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.admin import commands
 from proxy.admin.tables import QueryRefused, Table, _lag_ms, run_select
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 # --- shared helpers ----------------------------------------------------------------------------
 

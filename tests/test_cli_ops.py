@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from click.testing import CliRunner, Result
 from test_admin import admin_stat, app_connect
 from test_metrics import scrape, value
@@ -19,6 +18,7 @@ from test_metrics import scrape, value
 from proxy.cli import OpsError, backend_for_address, main
 from proxy.config import parse_config
 from proxy.sandbox import ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 
 def run(*args: str) -> Result:

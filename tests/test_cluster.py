@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,11 @@ def test_two_instances_fail_over_once_and_together(
     performed = [name for name, rows in failovers.items()
                  if any(r["kind"] == "auto" and r["outcome"] == "promoted" for r in rows)]
     assert len(performed) == 1, f"exactly one instance performs the failover: {failovers}"
+    performer = a if performed == ["a"] else b
+    holder = [f"127.0.0.1:{performer.proxy_port}"]
+    for proc in (a, b):  # the lease (still within its TTL) is held by the one that performed
+        wait_for(lambda p=proc: [r["address"] for r in admin_rows(p, "SHOW CLUSTER")
+                                 if r["lease_holder"]] == holder, 3, "SHOW CLUSTER's lease holder")
     for proc in (a, b):
         masters = [(r["name"], r["epoch"]) for r in admin_rows(proc, "SHOW BACKENDS") if r["role"] == "master"]
         assert len(masters) == 1 and masters[0][1] == 2, f"one master, of epoch 2: {masters}"

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from baton_process import BatonProcess
 from test_e2e_core import MiB, launch_baton, pymysql_connect, scratch_table
 
 from proxy.protocol.constants import SUPPORTED_CAPABILITIES, Capability
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.handshake import ClientHandshake, Failed, Ready, Send
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
 
 StartBaton = Callable[..., BatonProcess]
 

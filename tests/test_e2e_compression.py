@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from baton_process import BatonProcess
 from certs import CertFiles, self_signed_cert
 from test_e2e_core import (
     MiB,
@@ -32,6 +31,7 @@ from proxy.protocol.compression import CompressedStream
 from proxy.protocol.framing import PacketReader, frames
 from proxy.protocol.packets import parse_err
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
 
 
 @pytest.fixture(scope="module")

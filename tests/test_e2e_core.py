@@ -27,11 +27,11 @@ from typing import Any
 import mysql.connector
 import pymysql
 import pytest
-from baton_process import BatonProcess
 from pymysql.constants import CLIENT, COMMAND
 from pymysql.cursors import DictCursor, SSCursor
 
 from proxy.sandbox import ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess
 
 AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
 MiB = 1024 * 1024

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pymysql
 import pytest
-from baton_process import BatonProcess
 from test_e2e_core import launch_baton, pymysql_connect, scratch_table
 
 from proxy.protocol import auth, ed25519
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
 
 USER, PASSWORD = "edapp", "ed-secret-ü"  # non-ASCII: the signature is over the UTF-8 bytes
 

@@ -23,9 +23,9 @@ from typing import Any
 import mysql.connector
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 
 from proxy.sandbox import MariaDBInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
 import failover_drill  # noqa: E402

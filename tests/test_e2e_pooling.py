@@ -21,11 +21,11 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_e2e_core import pymysql_connect, scratch_table
 from test_e2e_routing import count_servers, wait_readable
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 StartBaton = Callable[..., BatonProcess]
 

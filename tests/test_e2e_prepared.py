@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from baton_process import BatonProcess, wait_for
 from test_e2e_core import connector_connect, scratch_table
 from test_e2e_routing import module_baton
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from typing import Any
 import mysql.connector
 import pymysql
 import pytest
-from baton_process import BatonProcess
 from certs import CertFiles, self_signed_cert
 from pymysql.cursors import SSCursor
 from test_e2e_core import (
@@ -32,6 +31,7 @@ from test_e2e_core import (
 )
 
 from proxy.sandbox import ReplicationSandbox, free_port
+from proxy.sandbox.baton_process import BatonProcess
 
 StartBaton = Callable[..., BatonProcess]
 BACKEND_UNREACHABLE = 9100  # proxy/errors.py

@@ -15,10 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from baton_process import BatonProcess
 from test_e2e_core import AUTH_PLUGINS, launch_baton, one_auth_plugin, scratch_table
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
 
 
 @pytest.fixture(scope="module", params=AUTH_PLUGINS)

@@ -15,6 +15,7 @@ from proxy.health.election import (
     choose_candidate,
     format_gtid_list,
     gtid_contains,
+    gtid_missing,
     master_confirmed_dead,
     parse_gtid_list,
 )
@@ -305,3 +306,31 @@ def test_partition_between_baton_and_master_is_not_death() -> None:
 
 def test_healthy_from_batons_view_is_never_dead() -> None:
     assert not master_confirmed_dead(False, [False, False])
+
+
+def test_gtid_missing_names_what_a_history_lacks_per_server() -> None:
+    # A former master that rejoined cleanly: everything it has, the master has.
+    assert gtid_missing("0-1-105,0-2-130", "0-1-105,0-2-120") == []
+    assert gtid_missing("0-1-100", "") == []
+    # Its own unreplicated write 0-1-106 (the master got only to 0-1-105, then wrote as 2).
+    assert gtid_missing("0-1-105,0-2-130", "0-1-106,0-2-120") == ["0-1-106"]
+    # Per domain and per server: another domain, another server id.
+    assert gtid_missing("0-1-5,1-1-9", "0-1-5,1-1-10,0-3-1,2-1-1") == ["0-3-1", "1-1-10", "2-1-1"]
+    # A seq comparison alone would say yes (130 >= 106): containment is per server.
+    assert not gtid_contains("0-2-130", "0-1-106")
+    with pytest.raises(GtidError):
+        gtid_missing("0-1-1", "zero")
+
+
+@given(st.dictionaries(st.tuples(st.integers(0, 3), st.integers(1, 4)), st.integers(0, 50)),
+       st.dictionaries(st.tuples(st.integers(0, 3), st.integers(1, 4)), st.integers(0, 50)))
+def test_gtid_missing_is_empty_exactly_when_every_server_is_covered(
+    a: dict[tuple[int, int], int], b: dict[tuple[int, int], int]
+) -> None:
+    def text(d: dict[tuple[int, int], int]) -> str:
+        return ",".join(f"{dom}-{srv}-{seq}" for (dom, srv), seq in d.items())
+
+    covered = all(a.get(k, -1) >= seq for k, seq in b.items())
+    assert (gtid_missing(text(a), text(b)) == []) is covered
+    assert gtid_contains(text(a), text(b)) is covered
+    assert gtid_missing(text(a), text(a)) == []

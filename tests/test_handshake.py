@@ -211,10 +211,52 @@ def test_caching_sha2_fast_path() -> None:
     assert actions[-1].password == PASSWORD
 
 
-def test_caching_sha2_fast_path_wrong_password() -> None:
+def test_caching_sha2_fast_path_wrong_password_falls_back_to_full_auth() -> None:
+    """As MySQL: a scramble that does not match asks for the password itself, which is then
+    checked (and wrong); the same exchange as for an unknown or hash-only user."""
     hs = server(known(), auth_plugin=CACHING_SHA2_PASSWORD)
-    [failed] = hs.receive(1, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    actions = hs.receive(1, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    assert sent(actions) == [(2, b"\x01\x04")]
+    [failed] = hs.receive(3, b"\x02")  # no RSA key and no TLS: nothing to send the password on
     assert isinstance(failed, Failed) and failed.error.code == 1045
+
+
+def test_caching_sha2_full_auth_after_a_wrong_scramble_checks_the_password() -> None:
+    hs = server(known(), auth_plugin=CACHING_SHA2_PASSWORD, tls_available=True)
+    hs.receive(1, encode_ssl_request(CLIENT_CAPS, 45))
+    hs.receive(2, login_payload(hs.nonce, password=b"x", plugin=CACHING_SHA2_PASSWORD))
+    [ok] = hs.receive(4, PASSWORD + b"\0")
+    assert isinstance(ok, Authenticated) and ok.password == PASSWORD
+
+
+def _sha2_exchange(account: Account | None, rsa_key: object, tls: bool) -> list[object]:
+    """What a client guessing a password sees from Baton, packet by packet."""
+    hs = server(*([account] if account else []), auth_plugin=CACHING_SHA2_PASSWORD,
+                rsa_key=rsa_key, tls_available=tls)
+    seq = 1
+    if tls:
+        hs.receive(seq, encode_ssl_request(CLIENT_CAPS, 45))
+        seq += 1
+    seen: list[object] = [sent(hs.receive(seq, login_payload(hs.nonce, password=b"guess",
+                                                               plugin=CACHING_SHA2_PASSWORD)))]
+    if tls:
+        final = hs.receive(seq + 2, b"guess\0")
+    else:
+        [(_, key)] = sent(hs.receive(seq + 2, b"\x02"))
+        seen.append(key)
+        final = hs.receive(seq + 4, auth.rsa_encrypt_password(b"guess", hs.nonce, key[1:]))
+    [failed] = final
+    assert isinstance(failed, Failed)
+    seen.append((failed.error.code, failed.error.sqlstate, failed.error.message, hs.failure_bytes))
+    return seen
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_caching_sha2_does_not_reveal_which_users_exist(rsa_key, tls: bool) -> None:  # type: ignore[no-untyped-def]
+    """An unknown user, a user known only by hash and a user with a plain password get the
+    same bytes back, packet for packet, for the same guess."""
+    exchanges = [_sha2_exchange(a, rsa_key, tls) for a in (None, hash_only(), known())]
+    assert exchanges[0] == exchanges[1] == exchanges[2], exchanges
 
 
 def test_caching_sha2_full_auth_over_tls_then_fast_path_from_the_cache() -> None:
@@ -416,8 +458,8 @@ def test_scripted_caching_sha2_fast_path() -> None:
     assert isinstance(hs.receive(3, OK)[0], Ready)
 
 
-def test_scripted_caching_sha2_full_auth_requests_the_public_key(rsa_key) -> None:  # type: ignore[no-untyped-def]
-    hs = ClientHandshake("u", b"pw")
+def test_scripted_caching_sha2_full_auth_requests_the_public_key_when_allowed(rsa_key) -> None:  # type: ignore[no-untyped-def]
+    hs = ClientHandshake("u", b"pw", get_server_public_key=True)
     hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
     assert sent(hs.receive(2, b"\x01\x04")) == [(3, b"\x02")]
     [(seq, encrypted)] = sent(hs.receive(4, b"\x01" + auth.public_key_pem(rsa_key)))
@@ -433,8 +475,41 @@ def test_scripted_caching_sha2_full_auth_with_a_known_public_key(rsa_key) -> Non
     assert seq == 3 and auth.rsa_decrypt_password(rsa_key, encrypted, NONCE) == b"pw"
 
 
+def test_scripted_sha2_full_auth_without_tls_refuses_to_ask_for_the_key() -> None:
+    """Asking the server for its RSA key lets anyone on the path hand Baton theirs: refused
+    unless get_server_public_key, and nothing is sent (the 0x02 request included)."""
+    hs = ClientHandshake("u", b"pw")
+    hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
+    with pytest.raises(ProtocolError, match="server_public_key"):
+        hs.receive(2, b"\x01\x04")
+
+
+def test_scripted_sha2_full_auth_encrypts_to_the_pinned_key_not_to_one_sent(rsa_key) -> None:  # type: ignore[no-untyped-def]
+    """With a pinned key, a key the server (or a man in the middle) sends is never used: Baton
+    does not even ask, and a key pushed at it is a protocol error."""
+    attacker = auth.generate_rsa_key()
+    hs = ClientHandshake("u", b"pw", server_public_key=auth.public_key_pem(rsa_key),
+                         get_server_public_key=True)
+    hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
+    [(seq, encrypted)] = sent(hs.receive(2, b"\x01\x04"))
+    assert seq == 3 and encrypted != b"\x02"
+    assert auth.rsa_decrypt_password(rsa_key, encrypted, NONCE) == b"pw"
+    with pytest.raises(ValueError):
+        auth.rsa_decrypt_password(attacker, encrypted, NONCE)
+    with pytest.raises(ProtocolError):
+        hs.receive(4, b"\x01" + auth.public_key_pem(attacker))
+
+
+def test_scripted_sha2_full_auth_over_unverified_tls_is_refused() -> None:
+    """TLS that does not check the server is no place for a plain password."""
+    hs = ClientHandshake("u", b"pw", use_tls=True, tls_verified=False)
+    hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
+    with pytest.raises(ProtocolError, match="does not verify the server"):
+        hs.receive(3, b"\x01\x04")
+
+
 def test_scripted_tls_login_sends_the_plain_password_after_starttls() -> None:
-    hs = ClientHandshake("u", b"pw", use_tls=True)
+    hs = ClientHandshake("u", b"pw", use_tls=True, tls_verified=True)
     actions = hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
     assert [type(a) for a in actions] == [Send, StartTLS, Send]
     [(s1, ssl_req)], [(s2, resp)] = sent(actions[:1]), sent(actions[2:])
@@ -479,7 +554,7 @@ def test_empty_packet_during_login_is_a_protocol_error() -> None:
 
 
 def test_unusable_public_key_is_a_protocol_error() -> None:
-    hs = ClientHandshake("u", b"pw")
+    hs = ClientHandshake("u", b"pw", get_server_public_key=True)
     hs.receive(0, greeting(CACHING_SHA2_PASSWORD))
     hs.receive(2, b"\x01\x04")
     with pytest.raises(ProtocolError, match="public key"):
@@ -547,6 +622,8 @@ def test_baton_client_and_server_agree(  # type: ignore[no-untyped-def]
         password={"password": PASSWORD, "wrong": b"nope"}.get(credential),
         stage1=hashlib.sha1(PASSWORD).digest() if credential == "stage1" else None,
         use_tls=tls,
+        tls_verified=tls,  # the sans-I/O exchange stands for a TLS that checked the server
+        server_public_key=auth.public_key_pem(rsa_key),
     )
     outcome = converse(srv, cli)
     if credential == "wrong":

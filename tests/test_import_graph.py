@@ -6,8 +6,9 @@ under ``if TYPE_CHECKING:``. A cycle hidden behind TYPE_CHECKING still means non
 modules can be understood, built or typed without the others.
 
 Layers, lowest first (a module may import its own layer and the ones below):
-protocol -> config/errors/stats/logs -> net (sockets, TLS, compression, listener, server
-login) -> routing/backend/pools/health -> session -> admin/metrics -> app -> cli/sandbox.
+protocol -> config/errors/stats/logs -> net (sockets, TLS, compression, listeners, server
+login, login throttling) -> routing/backend/pools/user limits/health -> session ->
+admin/metrics -> app -> cli/sandbox.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ LAYERS: dict[str, int] = {
     "proxy.tls": 2,
     "proxy.compressed": 2,
     "proxy.listener": 2,
+    "proxy.listeners": 2,
+    "proxy.throttle": 2,
     "proxy.server_login": 2,
     "proxy.backend": 3,
     "proxy.pool": 3,
     "proxy.pools": 3,
+    "proxy.user_limits": 3,
     "proxy.routing": 3,
     "proxy.health": 3,
     "proxy.session": 4,

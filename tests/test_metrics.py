@@ -10,11 +10,11 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows
 from prometheus_client.parser import text_string_to_metric_families
 from test_admin import app_connect
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 from proxy.stats import LATENCY_BUCKETS, Stats
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

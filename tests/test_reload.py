@@ -17,10 +17,10 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, _accepts, admin_rows, wait_for
 from test_admin import admin_stat, app_connect
 
 from proxy.sandbox import ReplicationSandbox, free_ports
+from proxy.sandbox.baton_process import BatonProcess, _accepts, admin_rows, wait_for
 
 
 class Load:

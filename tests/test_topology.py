@@ -328,6 +328,31 @@ def test_fenced_old_master_serves_reads_once_rejoined() -> None:
     assert topo.writable_master() == "b"
 
 
+def test_unfenced_former_master_is_an_ordinary_replica_again() -> None:
+    """Fencing ends (the coordinator checked its history): promotable, readable, no alarm."""
+    topo, rec, _ = make()
+    topo.promote("b", source="switchover")
+    topo.observe("a", True, "b")
+    assert not topo.unfence("b")  # the master is not fenced
+    assert topo.unfence("a") and not topo.is_fenced("a")
+    assert not topo.unfence("a")  # already not fenced
+    assert topo.readable_replicas() == ["a", "c"]
+    assert topo.observed_promotion_candidate() is None
+    event = topo.promote("a", source="hook")  # a DBA switched back by hand
+    assert event == MasterPromoted("b", "a", 3, "hook")
+    assert topo.writable_master() == "a" and topo.is_fenced("b")
+    assert rec.of(SplitBrainSuspected) == []
+
+
+def test_a_fenced_node_named_master_by_a_remote_epoch_stays_fenced() -> None:
+    topo, _, _ = make()
+    topo.promote("b", source="auto")
+    topo.promote("a", source="redis", epoch=5)  # writes wait: a is fenced
+    with pytest.raises(TopologyError, match="master of epoch 5"):
+        topo.unfence("a")
+    assert topo.writable_master() is None
+
+
 # -- observations ------------------------------------------------------------------------
 
 

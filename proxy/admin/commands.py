@@ -96,6 +96,7 @@ SHOW: dict[str, tuple[Callable[[Request], Table], str]] = {
     "CLIENTS": (lambda r: tables.clients_table(r.app), "client sessions: state, backends in use, pins"),
     "STATS": (lambda r: tables.stats_table(r.app), "counters: queries, errors, auth failures, held, retried, reloads"),
     "FAILOVERS": (lambda r: tables.failovers_table(r.app), "the failover timeline, one row per promotion"),
+    "CLUSTER": (lambda r: tables.cluster_table(r.app), "Baton instances on the Redis channel: epoch, master, lease, failover"),
     "CONFIG": (lambda r: tables.config_table(r.app), "the running config (passwords masked) and the last reload"),
     "VERSION": (lambda r: tables.version_table(r.app), "Baton and server versions"),
     "COMMANDS": (_show_commands, "this list (also HELP)"),
@@ -174,6 +175,34 @@ async def _switchover(req: Request) -> Table:
     return _outcome(req, name, record)
 
 
+async def _failover_now(req: Request) -> Table:
+    failover = _failover(req)
+    to = None
+    if "name" in req.args:
+        to = _backend_name(req)
+    log.warning("admin_failover to=%s", to or "-")
+    try:
+        record = await failover.failover(to, source="admin")
+    except Exception as exc:  # PromotionRefused's reason goes back to the operator verbatim
+        raise Refusal(f"FAILOVER refused: {exc}") from exc
+    return _outcome(req, str(getattr(record, "new", to)), record)
+
+
+def _set_failover_mode(req: Request) -> Done:
+    failover = _failover(req)
+    mode = unquote(req.args["mode"]).lower()
+    try:
+        failover.set_mode(mode)
+    except Exception as exc:
+        raise Refusal(str(exc)) from exc
+    log.warning("admin_set_failover_mode mode=%s", mode)
+    verdict = req.app.privileges.verdict
+    caveat = ""
+    if mode == "auto" and verdict is not None and not verdict.auto:
+        caveat = f"; but automatic failover is impossible: {verdict.why_not_auto}"
+    return Done(f"failover mode {mode} (until the next reload or restart){caveat}")
+
+
 def _kill_client(req: Request) -> Done:
     client_id = int(req.args["id"])
     if not req.app.kill_client(client_id):
@@ -182,8 +211,8 @@ def _kill_client(req: Request) -> Done:
     return Done(f"client {client_id} killed", 1)
 
 
-def _reload(req: Request) -> Table:
-    result = req.app.reload()
+async def _reload(req: Request) -> Table:
+    result = await req.app.reload()
     if not result.ok:
         raise Refusal(f"reload rejected ({result.summary}): " + "; ".join(result.errors))
     return Table(("result", "changes"), [("ok", result.summary)])
@@ -296,6 +325,17 @@ COMMANDS: tuple[AdminCommand, ...] = (
     ),
     _command("SWITCHOVER TO 'name'", "planned master change to a caught-up replica",
              rf"SWITCHOVER\s+TO\s+{_NAME}", _switchover),
+    _command(
+        "FAILOVER [TO 'name']",
+        "promote a replica now because the master is dead, in any mode: same election, "
+        "relay-log wait, repointing and fencing as auto mode",
+        rf"FAILOVER(?:\s+TO\s+{_NAME})?", _failover_now,
+    ),
+    _command(
+        "SET FAILOVER MODE 'auto' | 'follow' | 'manual'",
+        "change [failover] mode until the next reload; auto with a dead master fails over now",
+        r"SET\s+FAILOVER\s+MODE\s*=?\s*(?P<mode>'\w+'|\"\w+\"|\w+)", _set_failover_mode,
+    ),
     _command("KILL CLIENT id", "close a client session (SHOW CLIENTS gives ids)",
              r"KILL\s+CLIENT\s+(?P<id>\d+)", _kill_client),
     _command("RELOAD", "re-read the config file; an invalid one is rejected and changes nothing",
@@ -310,16 +350,17 @@ COMMANDS: tuple[AdminCommand, ...] = (
         r"SELECT\s+(?P<body>.*)", _select,
     ),
     # Sent by client programs on connect: accepted and ignored.
-    _command("SET ...", "", r"SET\s+(?!BACKEND\b).*", _ok),
+    _command("SET ...", "", r"SET\s+(?!BACKEND\b|FAILOVER\b).*", _ok),
     _command("USE ...", "", r"USE\s.*", _ok),
     _command("ROLLBACK | COMMIT | BEGIN", "", r"ROLLBACK|COMMIT|BEGIN|START\s+TRANSACTION", _ok),
 )
 
 ACCEPTED = (
-    "SHOW BACKENDS|POOLS|CLIENTS|STATS|FAILOVERS|CONFIG|VERSION|COMMANDS, HELP, "
+    "SHOW BACKENDS|POOLS|CLIENTS|STATS|FAILOVERS|CLUSTER|CONFIG|VERSION|COMMANDS, HELP, "
     "SET BACKEND 'name' ONLINE|OFFLINE_SOFT|OFFLINE_HARD, PROMOTE 'name' [REPLACING 'old'], "
-    "SWITCHOVER TO 'name', KILL CLIENT id, RELOAD, PAUSE, RESUME, SHUTDOWN [GRACEFUL], "
-    "SELECT ... FROM backends|pools|clients|stats|failovers"
+    "SWITCHOVER TO 'name', FAILOVER [TO 'name'], SET FAILOVER MODE 'auto|follow|manual', "
+    "KILL CLIENT id, RELOAD, PAUSE, RESUME, SHUTDOWN [GRACEFUL], "
+    "SELECT ... FROM backends|pools|clients|stats|failovers|cluster"
 )
 
 

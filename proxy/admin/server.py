@@ -9,13 +9,19 @@ SET_OPTION, FIELD_LIST, STATISTICS, RESET_CONNECTION). Anything else gets MySQL'
 Commands run one after another per session, in a task, because PROMOTE and SWITCHOVER wait
 for the failover module; the proxy's own sessions never wait on the admin port.
 
-``AdminServer`` is an ``OperatorListener`` (``proxy/listener.py``), as the metrics endpoint is.
+``AdminServer`` is an ``OperatorListener`` (``proxy/listener.py``), as the metrics endpoint is:
+a reload that changes its address binds the new one before it commits (``proxy.listeners``).
+
+Before login a client is a stranger: small packets only, a bounded number of strangers (in all
+and per address), and an address with too many failed logins is refused before the greeting
+(``proxy.throttle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -43,6 +49,7 @@ from ..protocol.packets import (
 )
 from ..protocol.wire import ProtocolError
 from ..server_login import ServerLogin
+from ..throttle import LoginThrottle
 from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
 from .tables import Table
 
@@ -54,7 +61,17 @@ log = logging.getLogger("baton.admin")
 # No multi-statements (one command per COM_QUERY), no LOCAL INFILE, no TLS.
 ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
 ADMIN_MAX_PACKET = 1 << 20
+# Before login a client is a stranger: a handshake response fits in a few KiB, and only so many
+# strangers (and so many per address) may wait at the login prompt, so that silent sockets
+# cannot lock the operator out.
+PRE_AUTH_MAX_PACKET = 16 << 10
+MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_ADDRESS = 8
 LOGIN_TIMEOUT_S = 10.0
+# Failed admin logins allowed per client address in a sliding window; then the address is
+# refused before the greeting until its oldest failure leaves the window.
+ADMIN_MAX_LOGIN_FAILURES = 5
+ADMIN_LOGIN_WINDOW_S = 60.0
 _STATUS = int(ServerStatus.AUTOCOMMIT)
 _BINARY_CHARSET = 63
 
@@ -65,6 +82,7 @@ class AdminServer(OperatorListener):
     def __init__(self, app: ProxyView) -> None:
         super().__init__(app, "admin", lambda: AdminSession(app, self))
         self.sessions: set[AdminSession] = set()
+        self.throttle = LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S)
 
     def close(self) -> None:
         super().close()
@@ -79,7 +97,8 @@ class AdminSession(asyncio.Protocol):
         self.id = app.next_connection_id()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.reader = PacketReader(ADMIN_MAX_PACKET)
+        self.address = ""  # the client host, which login throttling counts by
+        self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
         self._login: ServerLogin | None = None
         self.user = ""
         self.capabilities = 0
@@ -94,7 +113,20 @@ class AdminSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # a stream transport: create_server's
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if self._too_many_strangers():
+            log.warning("admin_login_refused_busy peer=%s", self.peer)
+            self._fatal(errors.TOO_MANY_CONNECTIONS.frame(0), "too many unauthenticated sessions")
+            return
         self.server.sessions.add(self)
+        retry_s = math.ceil(self.server.throttle.retry_after(self.address))
+        if retry_s:
+            log.warning("admin_login_throttled peer=%s retry_s=%s", self.peer, retry_s)
+            error = errors.LOGIN_THROTTLED.frame(
+                0, host=self.address, failures=self.server.throttle.max_failures, retry_s=retry_s
+            )
+            self._fatal(error, "too many failed logins")
+            return
         hs = ServerHandshake(
             server_version=self.app.server_version,
             connection_id=self.id,
@@ -105,6 +137,11 @@ class AdminSession(asyncio.Protocol):
         )
         self._login = ServerLogin(hs, self)
         self._login.greet(LOGIN_TIMEOUT_S)
+
+    def _too_many_strangers(self) -> bool:
+        waiting = [s for s in self.server.sessions if not s.logged_in]
+        same = sum(1 for s in waiting if s.address == self.address)
+        return len(waiting) >= MAX_UNAUTHENTICATED or same >= MAX_UNAUTHENTICATED_PER_ADDRESS
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -148,12 +185,15 @@ class AdminSession(asyncio.Protocol):
 
     def login_refused(self, user: str, reply: bytes) -> None:
         log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
+        self.server.throttle.failed(self.address)
         self._fatal(reply, "authentication failed")
 
     def login_succeeded(self, auth: Authenticated) -> None:
         self.user = auth.user
         self.capabilities = auth.capabilities
         self.logged_in = True
+        self.reader.max_payload = ADMIN_MAX_PACKET
+        self.server.throttle.succeeded(self.address)
         log.info("admin_login user=%s peer=%s", auth.user, self.peer)
         self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), auth.seq))
 

@@ -36,10 +36,13 @@ class Table:
 
 
 # queries: statements answered by the backend; errors: those answered with an error packet,
-# plus failed connection attempts; last_check: the monitor's last probe (UTC).
+# plus failed connection attempts; last_check: the monitor's last probe (UTC); can: what the
+# monitor account's grants allow there (monitor, promote, repoint, fence, switchover), NULL until
+# read; cannot: each operation it does not allow and the privilege it needs; note: why a fenced
+# backend stays fenced, or on the master's row why there is no master (masterless).
 BACKEND_COLUMNS = (
     "name", "address", "role", "state", "epoch", "fenced", "read_only", "replicating_from", "lag_ms", "gtid",
-    "conn_used", "conn_idle", "queries", "errors", "last_check",
+    "conn_used", "conn_idle", "queries", "errors", "last_check", "can", "cannot", "note",
 )
 POOL_COLUMNS = ("backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused")
 # state: login (handshake not finished), active (a statement runs), in-transaction (idle inside
@@ -52,6 +55,14 @@ STAT_COLUMNS = ("variable", "value")
 FAILOVER_COLUMNS = (
     "id", "kind", "old", "new", "epoch", "outcome", "age_s", "decided_ms", "promoted_ms",
     "first_write_ms", "held", "retried", "failed", "steps", "error",
+)
+
+# One row per live Baton instance sharing [redis] channel (just this one without Redis).
+# failover: active | suspended | off (mode follow/manual); reason says why when not active;
+# rejected: coordination records that instance ignored (unsigned, bad signature, stale, ...).
+CLUSTER_COLUMNS = (
+    "id", "address", "epoch", "master", "lease_holder", "heartbeat_age_ms", "failover", "reason",
+    "rejected",
 )
 
 
@@ -112,6 +123,9 @@ def backends_table(app: ProxyView) -> Table:
             per_backend_queries.get(view.name, 0),
             errors,
             wall_time(h.last_check_at) if h is not None else None,
+            app.privileges.can(view.name),
+            app.privileges.cannot(view.name),
+            app.failover.backend_note(view.name) if app.failover is not None else None,
         ))
     return Table(BACKEND_COLUMNS, rows)
 
@@ -206,6 +220,25 @@ def failovers_table(app: ProxyView) -> Table:
     return Table(tuple(columns), rows)
 
 
+def cluster_table(app: ProxyView) -> Table:
+    cluster = app.cluster
+    if cluster is None:
+        mode = app.config.failover.mode
+        row = (
+            app.config.redis.instance_id or "local", app.config.proxy.listen,
+            app.topology.epoch, app.topology.master, 0, None,
+            "active" if mode == "auto" else "off",
+            "" if mode == "auto" else f"failover mode {mode}", 0,
+        )
+        return Table(CLUSTER_COLUMNS, [row])
+    rows = [
+        (v.id, v.address, v.epoch, v.master, int(v.lease_holder), v.heartbeat_age_ms, v.failover,
+         v.reason, v.rejected)
+        for v in cluster.view
+    ]
+    return Table(CLUSTER_COLUMNS, rows)
+
+
 def _scalar(value: object) -> Value:
     if value is None or isinstance(value, int | float | str):
         return int(value) if isinstance(value, bool) else value  # type: ignore[return-value]
@@ -263,37 +296,85 @@ QUERYABLE = {
     "clients": clients_table,
     "stats": stats_table,
     "failovers": failovers_table,
+    "cluster": cluster_table,
 }
 
 
 # --- SELECT over a snapshot ------------------------------------------------------------------
 
-_ALLOWED_ACTIONS = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
+_ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
 
+# The SQLite functions a SELECT may call: the ordinary scalar, aggregate, window and date ones.
+# Anything else is denied, by name, at prepare time: fts3_tokenizer (reads and calls pointers),
+# load_extension, readfile/writefile/edit (shell extensions), randomblob/zeroblob (allocate in
+# one step), sqlite_* introspection, and whatever a future SQLite adds.
+ALLOWED_FUNCTIONS = frozenset({
+    # scalar
+    "abs", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "ifnull", "iif",
+    "instr", "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min", "nullif",
+    "octet_length", "printf", "quote", "random", "replace", "round", "rtrim", "sign", "substr",
+    "substring", "trim", "typeof", "unhex", "unicode", "unlikely", "upper",
+    # aggregate
+    "avg", "count", "group_concat", "string_agg", "sum", "total",
+    # window
+    "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+    "first_value", "last_value", "nth_value",
+    # date and time
+    "date", "time", "datetime", "julianday", "unixepoch", "strftime", "timediff",
+    # math (when SQLite has them)
+    "ceil", "ceiling", "floor", "trunc", "mod", "pow", "power", "sqrt", "exp", "ln", "log",
+    "log10", "log2", "pi",
+})
 
 MAX_VALUE_BYTES = 1 << 20
+# A result is encoded on the event loop that serves every client: cap what one may hold.
+MAX_RESULT_BYTES = 8 << 20
 
 
 class QueryRefused(Exception):
     """The SELECT was not a single read-only statement, or SQLite could not run it."""
 
 
-def _read_only(action: int, *_: object) -> int:
-    return sqlite3.SQLITE_OK if action in _ALLOWED_ACTIONS else sqlite3.SQLITE_DENY
+def _read_only(action: int, _arg1: object, arg2: object, *_: object) -> int:
+    if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION and str(arg2).lower() in ALLOWED_FUNCTIONS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, str | bytes) else 8
+
+
+def _fetch(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> list[tuple[Any, ...]]:
+    """The rows, or QueryRefused as soon as there are too many or they are too big."""
+    rows: list[tuple[Any, ...]] = []
+    total = 0
+    for row in cursor:  # one at a time: a row over the limit is the last one held
+        total += sum(_size(v) for v in row)
+        if total > max_bytes:
+            raise QueryRefused(
+                f"result larger than {max_bytes} bytes; select fewer or narrower columns, "
+                "or add a WHERE or LIMIT"
+            )
+        rows.append(row)
+        if len(rows) > max_rows:
+            raise QueryRefused(f"more than {max_rows} rows; add a WHERE or LIMIT")
+    return rows
 
 
 def run_select(
     sources: Mapping[str, Callable[[], Table]], sql: str, *, time_limit_s: float = 1.0,
-    max_rows: int = 100_000,
+    max_rows: int = 100_000, max_bytes: int = MAX_RESULT_BYTES,
 ) -> Table:
     """Runs one SELECT on a fresh in-memory SQLite database holding ``sources``' tables.
 
     Only the tables the statement names are built (a snapshot taken now). The statement runs
-    under an authorizer that allows reading and nothing else, with ``query_only`` on, and is
-    aborted after ``time_limit_s``: it runs on the event loop, and a runaway recursive CTE must
-    not stall the proxy.
+    under an authorizer that allows reading and the functions in ``ALLOWED_FUNCTIONS`` and
+    nothing else, with ``query_only`` on, and is aborted after ``time_limit_s``: it runs on the
+    event loop, and a runaway recursive CTE must not stall the proxy. Results over ``max_rows``
+    rows or ``max_bytes`` bytes are refused.
     """
     db = sqlite3.connect(":memory:", isolation_level=None)
     try:
@@ -311,14 +392,12 @@ def run_select(
             cursor = db.execute(sql)
             if cursor.description is None:
                 raise QueryRefused("only SELECT statements are accepted")
-            rows = cursor.fetchmany(max_rows + 1)
+            rows = _fetch(cursor, max_rows, max_bytes)
         except (sqlite3.Error, sqlite3.Warning) as exc:
             message = str(exc)
             if message == "interrupted":
                 message = f"query took longer than {time_limit_s:g} s and was stopped"
             raise QueryRefused(message) from None
-        if len(rows) > max_rows:
-            raise QueryRefused(f"more than {max_rows} rows; add a WHERE or LIMIT")
         columns = tuple(d[0] for d in cursor.description)
         return Table(columns, [tuple(r) for r in rows])
     finally:

@@ -95,8 +95,19 @@ def gtid_contains(a: str, b: str) -> bool:
     yes. Pass a's binlog *state* (one entry per server), not its *pos* (one per domain):
     with a pos the answer errs on the side of False.
     """
+    return not gtid_missing(a, b)
+
+
+def gtid_missing(a: str, b: str) -> list[str]:
+    """What history `b` has that history `a` lacks, per (domain, server_id): each entry is
+    b's last GTID from a server whose transactions `a` holds only up to a lower seq (or not
+    at all). Empty when `a` contains `b`; see gtid_contains for what to pass."""
     have = _by_server(a)
-    return all(have.get(key, -1) >= seq for key, seq in _by_server(b).items())
+    return [
+        str(Gtid(domain, server_id, seq))
+        for (domain, server_id), seq in sorted(_by_server(b).items())
+        if have.get((domain, server_id), -1) < seq
+    ]
 
 
 def _covers(a: GtidPositions, b: GtidPositions) -> bool:

@@ -50,7 +50,7 @@ from proxy.health.election import GtidError, ReplicaStatus, parse_gtid_list
 from proxy.health.states import BackendState, StateChange
 from proxy.health.topology import Topology, TopologyError
 from proxy.protocol.constants import Command
-from proxy.tls import client_context
+from proxy.tls import backend_security
 
 log = logging.getLogger("baton.monitor")
 
@@ -227,7 +227,7 @@ class Monitor:
                 log.info("monitor_backend_added backend=%s address=%s", name, b.address)
                 continue
             w.detector.failure_threshold = cfg.failure_threshold
-            moved = (w.cfg.host, w.cfg.port, w.cfg.tls) != (b.host, b.port, b.tls)
+            moved = (w.cfg.host, w.cfg.port, w.cfg.tls_settings) != (b.host, b.port, b.tls_settings)
             w.cfg = b
             if moved:
                 # Reconnect to the new address; old positions describe another server.
@@ -340,6 +340,14 @@ class Monitor:
             except BackendError:
                 w.exec_conn = None
                 raise
+
+    def close_action_connection(self, name: str) -> None:
+        """The next `execute` on `name` logs in afresh. A session keeps the global
+        privileges it logged in with: after a GRANT, only a new one has them."""
+        w = self._get(name)
+        if w.exec_conn is not None and not w.exec_lock.locked():
+            w.exec_conn.close()
+            w.exec_conn = None
 
     def set_admin_state(self, name: str, state: BackendState) -> None:
         """OFFLINE_SOFT / OFFLINE_HARD / ONLINE from an admin or from fencing."""
@@ -577,7 +585,7 @@ class Monitor:
                 b.port,
                 Credentials(self._cfg.user, self._cfg.password.encode(), None),
                 timeout=HANDSHAKE_PATIENCE_S,
-                tls=client_context() if b.tls else None,
+                security=backend_security(b),
                 attributes={"_client_name": "baton", "program_name": "baton-monitor"},
             )
         )

@@ -3,8 +3,10 @@
 The epoch is Baton's answer to writer detection by read_only alone (proxysql #789,
 #5135, #4684): it starts at 1, goes up by one on every change of master (or jumps to a
 higher epoch learnt from another Baton instance) and never goes down. Writes go only to
-the master of the current epoch. Every earlier master is *fenced* for the rest of the
-process: it never takes Baton's writes again, whatever its read_only says. read_only
+the master of the current epoch. Every earlier master is *fenced*: it takes no writes,
+whatever its read_only says, and cannot be promoted until the coordinator has seen it rejoin
+cleanly (a read-only replica of the current master whose history the master contains) and
+calls `unfence`; one that diverged stays fenced. read_only
 observations are a cross-check that raises SplitBrainSuspected on disagreement, and a
 hint for follow mode (`observed_promotion_candidate`), never a routing input.
 
@@ -352,6 +354,23 @@ class Topology:
         self._bus.publish(event)
         self._check_split_brain()
         return event
+
+    def unfence(self, name: str) -> bool:
+        """Fencing ends: a former master that rejoined cleanly is an ordinary replica again.
+
+        The caller has checked what fencing guards against: the node replicates from the
+        master of this epoch, read-only, with no transaction the master lacks. From now on
+        it is readable and may be promoted again. True if it was fenced.
+        """
+        self._get(name)
+        if name not in self._fenced:
+            return False
+        if name == self._master:
+            raise TopologyError(f"{name!r} is the master of epoch {self._epoch}; not unfenced")
+        self._readable = None
+        self._fenced.discard(name)
+        self._check_split_brain()
+        return True
 
     def add_backend(self, name: str, role: Role | str) -> None:
         """Config reload. A master hint is honoured only when there is no master: it is

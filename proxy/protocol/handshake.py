@@ -71,8 +71,8 @@ class Account:
     """What the server side needs to know about a user to check a password."""
 
     name: str
-    native_stage2: bytes
-    password: bytes | None = None  # known only when configured in plain text
+    native_stage2: bytes = field(repr=False)
+    password: bytes | None = field(default=None, repr=False)  # known only when configured in plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +83,12 @@ class Authenticated:
     charset: int
     max_packet: int
     attributes: dict[str, str]
-    stage1: bytes | None  # SHA1(password): lets Baton answer a backend's native challenge
-    password: bytes | None  # the password itself, when the exchange revealed it
+    stage1: bytes | None = field(repr=False)  # SHA1(password): answers a backend's native challenge
+    password: bytes | None = field(repr=False)  # the password itself, when the exchange revealed it
     seq: int  # sequence id for the final OK packet
+
+
+_NO_ACCOUNT_STAGE2 = hashlib.sha1(os.urandom(20)).digest()  # matches no password
 
 
 def random_nonce() -> bytes:
@@ -112,12 +115,12 @@ class ServerHandshake:
     client_host: str = "localhost"
     auth_plugin: str = NATIVE_PASSWORD
     tls_available: bool = False
-    rsa_key: rsa.RSAPrivateKey | None = None
+    rsa_key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
     capabilities: int = int(SUPPORTED_CAPABILITIES)
     charset: int = CHARSET_UTF8MB4_GENERAL_CI
     nonce: bytes = field(default_factory=random_nonce)
     # Verified caching_sha2 logins of hash-only users, so the next login can take the fast path.
-    sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.tls_available:
@@ -213,6 +216,8 @@ class ServerHandshake:
     def _verify(self, seq: int, response: bytes) -> list[object]:
         account = self._account
         if account is None:
+            if self._plugin == CACHING_SHA2_PASSWORD and response:
+                return self._full_auth(seq)  # as for a user whose scramble did not match
             return [self._deny(seq, bool(response))]
         if self._plugin == NATIVE_PASSWORD:
             if not response:
@@ -232,7 +237,7 @@ class ServerHandshake:
         if known is not None:
             if auth.verify_caching_sha2(auth.sha2_stage2(known), self.nonce, response):
                 return [Send(frame(b"\x01\x03", seq + 1)), self._success(seq + 1, None, known)]
-            return [self._deny(seq)]
+            return self._full_auth(seq)
         cached = self.sha2_cache.get(account.name)
         # Trust a cached entry only while it belongs to the account's current password: after a
         # reload changes the hash, the old password must not keep working through the cache.
@@ -242,13 +247,20 @@ class ServerHandshake:
             and auth.verify_caching_sha2(cached[0], self.nonce, response)
         ):
             return [Send(frame(b"\x01\x03", seq + 1)), self._success(seq + 1, cached[1], None)]
+        return self._full_auth(seq)
+
+    def _full_auth(self, seq: int) -> list[object]:
+        """caching_sha2: the fast path did not succeed, ask for the password itself. The same
+        answer whether the user is unknown, known only by hash, or sent a wrong scramble (as
+        MySQL does): the exchange must not reveal which user names exist."""
         self._state = _SrvState.SHA2_FULL
         return [Send(frame(b"\x01\x04", seq + 1))]
 
     def _check_plain(self, seq: int, password: bytes) -> list[object]:
         account = self._account
-        assert account is not None
-        if not hmac.compare_digest(auth.native_stage2(password), account.native_stage2):
+        # An unknown user costs the same hash and comparison as a known one.
+        stage2 = account.native_stage2 if account is not None else _NO_ACCOUNT_STAGE2
+        if not hmac.compare_digest(auth.native_stage2(password), stage2) or account is None:
             return [self._deny(seq)]
         if account.password is None:
             self.sha2_cache[account.name] = (auth.sha2_stage2(password), auth.native_stage1(password))
@@ -313,14 +325,22 @@ class ClientHandshake:
     """Baton logging into a backend with a user's credentials."""
 
     user: str
-    password: bytes | None = None
-    stage1: bytes | None = None  # enough for mysql_native_password when the password is unknown
+    password: bytes | None = field(default=None, repr=False)
+    # enough for mysql_native_password when the password is unknown
+    stage1: bytes | None = field(default=None, repr=False)
     database: str | None = None
     capabilities: int = int(SUPPORTED_CAPABILITIES)
     charset: int = CHARSET_UTF8MB4_GENERAL_CI
     attributes: dict[str, str] = field(default_factory=dict)
     use_tls: bool = False
+    # The TLS layer checks the server's certificate and name: only then may the plain password
+    # go over it (caching_sha2 full authentication).
+    tls_verified: bool = False
+    # Without verified TLS the password goes RSA-encrypted: to this pinned key (PEM), or, only
+    # when get_server_public_key, to whatever key the server sends (MySQL's
+    # --get-server-public-key: anyone on the path can send theirs).
     server_public_key: bytes | None = None
+    get_server_public_key: bool = False
 
     def __post_init__(self) -> None:
         self._state = _CliState.GREETING
@@ -426,13 +446,30 @@ class ClientHandshake:
         if data == b"\x04":  # full authentication
             if self.password is None:
                 raise ProtocolError("backend wants the plain password, which Baton does not know")
-            if self._tls:
-                return [Send(frame(self.password + b"\0", seq + 1))]
-            if self.server_public_key:
-                return [Send(frame(self._rsa(self.server_public_key), seq + 1))]
-            self._state = _CliState.SHA2_KEY
-            return [Send(frame(b"\x02", seq + 1))]
+            return self._full_auth(seq, self.password)
         raise ProtocolError("unexpected auth-more-data from backend")
+
+    def _full_auth(self, seq: int, password: bytes) -> list[object]:
+        """caching_sha2 full authentication: the password itself, only where no one on the
+        path can read it."""
+        if self._tls:
+            if not self.tls_verified:
+                raise ProtocolError(
+                    "backend asks for the plain password (caching_sha2 full authentication) "
+                    "over TLS that does not verify the server; refused: set tls_ca (or "
+                    "tls_verify = true) for this backend"
+                )
+            return [Send(frame(password + b"\0", seq + 1))]
+        if self.server_public_key:
+            return [Send(frame(self._rsa(self.server_public_key), seq + 1))]
+        if not self.get_server_public_key:
+            raise ProtocolError(
+                "backend asks for the password (caching_sha2 full authentication) without TLS; "
+                "refused: set server_public_key to the server's RSA public key, use verified "
+                "TLS, or allow get_server_public_key"
+            )
+        self._state = _CliState.SHA2_KEY
+        return [Send(frame(b"\x02", seq + 1))]
 
     def _rsa(self, pem: bytes) -> bytes:
         assert self.password is not None

@@ -31,9 +31,15 @@ parenthesised main query.
 
 Not decided here: RELEASE_LOCK() releases one named lock, so it does not unpin; when a
 statement creates several pins, ``pin`` names the one no statement releases
-(USER_VAR_ASSIGN before FOUND_ROWS before ... GET_LOCK). Reads of temporary tables are
-the router's business: it gets ``temp_table`` and ``dropped_tables``. A write longer
-than 64 KiB (a bulk load) is scanned for pins in its first 64 KiB only.
+(USER_VAR_ASSIGN before FOUND_ROWS before ... GET_LOCK). Which named locks a session holds
+is for ``proxy.routing.named_locks``: ``lock_calls`` lists the calls of GET_LOCK,
+RELEASE_LOCK, RELEASE_ALL_LOCKS, IS_FREE_LOCK and IS_USED_LOCK whose name is a string
+literal (read with backslash escapes, like SET values; a statement whose two string readings
+disagree yields none), ``lock_names_unknown`` says a GET_LOCK name could not be read, and
+``lock_calls_exact`` says each call runs exactly once with its value in its own column.
+Reads of temporary tables are the router's business: it gets ``temp_table`` and
+``dropped_tables``. A write longer than 64 KiB (a bulk load) is scanned for pins in its
+first 64 KiB only.
 
 Hints (``/* baton:master */``, ``/* baton:replica */``, ``/* baton:replica=db2 */``, any
 case) are honoured only in the comments before the first keyword; the first one wins.
@@ -52,6 +58,8 @@ __all__ = [
     "Classification",
     "Hint",
     "Kind",
+    "LockCall",
+    "LockFunction",
     "Pin",
     "SetItem",
     "bench",
@@ -91,6 +99,29 @@ class Pin(Enum):
     FOUND_ROWS = "found_rows"
     HANDLER = "handler"  # HANDLER t OPEN keeps a cursor open
     XA = "xa"  # XA START .. XA COMMIT/ROLLBACK
+
+
+class LockFunction(Enum):
+    """The server's named-lock functions (GET_LOCK and friends)."""
+
+    GET_LOCK = "get_lock"
+    RELEASE_LOCK = "release_lock"
+    RELEASE_ALL_LOCKS = "release_all_locks"
+    IS_FREE_LOCK = "is_free_lock"
+    IS_USED_LOCK = "is_used_lock"
+
+
+@dataclass(frozen=True, slots=True)
+class LockCall:
+    """One call of a named-lock function whose lock name is a string literal.
+
+    name is the lock's name as the server sees it: quotes removed, doubled quotes and
+    backslash escapes decoded (decoded UTF-8 with surrogateescape); "" for RELEASE_ALL_LOCKS.
+    Names are compared exactly: MariaDB's lock names are case- and space-sensitive.
+    """
+
+    function: LockFunction
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +173,26 @@ class Classification:
     kill: tuple[int, bool] | None = None
     # Only ``SET @baton_consistency = ...``: Baton's own setting, never sent to a backend.
     local: bool = False
+    # Named locks (see the "named locks" section): literal-name calls, in statement order.
+    lock_calls: tuple[LockCall, ...] = ()
+    lock_calls_exact: bool = False  # each call runs once; SELECT: column i is call i's value
+    lock_names_unknown: bool = False  # a GET_LOCK whose name is not a string literal
 
     @property
     def multi_statement(self) -> bool:
         return bool(self.parts)
+
+    @property
+    def locks_taken(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.lock_calls if c.function is LockFunction.GET_LOCK)
+
+    @property
+    def locks_released(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.lock_calls if c.function is LockFunction.RELEASE_LOCK)
+
+    @property
+    def release_all_locks(self) -> bool:
+        return any(c.function is LockFunction.RELEASE_ALL_LOCKS for c in self.lock_calls)
 
 
 # ---------------------------------------------------------------------------- lexing
@@ -391,7 +438,110 @@ def _scanned(kind: Kind, raw: bytes, hint: Hint | None) -> Classification:
             return _PLAIN[kind, master_only]
         return _result(kind, master_only, None, None, hint, False)
     mo, pin, unpin, last = eff
-    return _result(kind, master_only or mo, pin, unpin, hint, last)
+    c = _result(kind, master_only or mo, pin, unpin, hint, last)
+    return _with_locks(c, raw) if mo else c
+
+
+# ------------------------------------------------------------------ named locks
+# Lock functions are rare, so their names are read only when the scan found a master-only
+# construct and a cheap search sees a lock function. The session (proxy/routing/named_locks.py)
+# tracks names from these calls. What it may trust depends on how often a call runs:
+# ``SELECT GET_LOCK('a', 0) FROM t`` takes the lock once per row (MariaDB's locks are
+# recursive), and ``SELECT 0 AND RELEASE_LOCK('a')`` never releases. Only a statement made of
+# nothing but calls (``SELECT|DO call [[AS] alias], ... [FROM DUAL]``) runs each call exactly
+# once, and for SELECT its single row holds call i's value in column i: lock_calls_exact.
+
+_LOCK_FUNCTIONS = {f.value.upper().encode(): f for f in LockFunction}
+_LOCK_HINT = re.compile(rb"_LOCK", re.I)  # cheap pre-check on raw
+_LOCK_FN = re.compile(
+    rb"(?<![A-Za-z0-9_$\x80-\xff])(GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS|IS_FREE_LOCK"
+    rb"|IS_USED_LOCK)\s*\(",
+    re.I,
+)
+# A literal name alone as the first argument: not N'..', _cs'..', 'a' 'b', CONCAT(..).
+_LOCK_NAME = re.compile(rb"\s*('x*'|\"x*\")\s*(?=[,)])")
+_LOCK_ARGS = rb"""\s*\(\s*(?:'x*'|"x*")\s*"""
+_LOCK_TIMEOUT = rb"(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|NULL|@@?[\w$.]+)"
+_LOCK_ALIAS = (
+    rb"""(?:\s*(?:AS\b\s*)?(?!FROM\b)(?:[A-Za-z_$\x80-\xff][\w$\x80-\xff]*|`x*`|'x*'|"x*"))?"""
+)
+_LOCK_ONE = (
+    rb"(?:GET_LOCK" + _LOCK_ARGS + rb",\s*" + _LOCK_TIMEOUT + rb"\s*\)"
+    rb"|(?:RELEASE_LOCK|IS_FREE_LOCK|IS_USED_LOCK)" + _LOCK_ARGS + rb"\)"
+    rb"|RELEASE_ALL_LOCKS\s*\(\s*\))" + _LOCK_ALIAS
+)
+_LOCK_EXACT = re.compile(
+    rb"\s*(?:SELECT|DO)\s+" + _LOCK_ONE + rb"(?:\s*,\s*" + _LOCK_ONE + rb")*"
+    rb"(?:\s+FROM\s+DUAL\b)?[\s;]*\Z",
+    re.I,
+)
+_ESCAPES = {
+    ord("0"): b"\0",
+    ord("b"): b"\b",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("Z"): b"\x1a",
+    ord("%"): b"\\%",  # kept with their backslash, for LIKE patterns
+    ord("_"): b"\\_",
+}
+_ESCAPE = re.compile(rb"\\(.)", re.S)
+
+
+def _string_value(literal: bytes) -> str:
+    """The value of a quoted string literal, read with backslash escapes (the default)."""
+    q = literal[:1]
+    body = literal[1:-1]
+    if b"\\" in body:
+        parts = []
+        pos = 0
+        for m in _ESCAPE.finditer(body):  # doubled quotes never hold a backslash
+            parts.append(body[pos : m.start()].replace(q + q, q))
+            c = m.group(1)[0]
+            parts.append(_ESCAPES.get(c, m.group(1)))
+            pos = m.end()
+        parts.append(body[pos:].replace(q + q, q))
+        body = b"".join(parts)
+    else:
+        body = body.replace(q + q, q)
+    return body.decode("utf-8", "surrogateescape")
+
+
+# (calls with literal names, exact, a GET_LOCK whose name could not be read)
+_LockScan = tuple[tuple[LockCall, ...], bool, bool]
+
+
+def _lock_scan(raw: bytes, k: bytes) -> _LockScan:
+    """The lock calls of raw, found in k (raw blanked by one of the two string readings)."""
+    calls: list[LockCall] = []
+    unknown = False
+    for m in _LOCK_FN.finditer(k):
+        function = _LOCK_FUNCTIONS[m.group(1).upper()]
+        if k[: m.start()].rstrip().endswith(b"."):  # db.get_lock(): a stored function
+            unknown = unknown or function is LockFunction.GET_LOCK
+        elif function is LockFunction.RELEASE_ALL_LOCKS:
+            calls.append(LockCall(function))
+        elif (n := _LOCK_NAME.match(k, m.end())) is not None:
+            calls.append(LockCall(function, _string_value(raw[n.start(1) : n.end(1)])))
+        else:
+            unknown = unknown or function is LockFunction.GET_LOCK
+    exact = bool(calls) and not unknown and _LOCK_EXACT.match(k) is not None
+    return tuple(calls), exact, unknown
+
+
+def _with_locks(c: Classification, raw: bytes) -> Classification:
+    """c with the named-lock calls of raw (one statement), if it has any."""
+    if _LOCK_HINT.search(raw) is None:
+        return c
+    calls, exact, unknown = scan = _lock_scan(raw, _blank(raw))
+    if b"\\" in raw:  # read as NO_BACKSLASH_ESCAPES too: trust only what both readings see
+        other = _lock_scan(raw, _blank(raw, nbe=True))
+        if other != scan:
+            taken = any(x.function is LockFunction.GET_LOCK for x in calls + other[0])
+            calls, exact, unknown = (), False, unknown or other[2] or taken
+    if not calls and not unknown:
+        return c
+    return replace(c, lock_calls=calls, lock_calls_exact=exact, lock_names_unknown=unknown)
 
 
 # ------------------------------------------------------------------ handlers
@@ -434,8 +584,17 @@ def _executed(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classifica
     """EXPLAIN ANALYZE / ANALYZE <stmt> runs the statement: it is what it runs."""
     inner = _classify(raw[pos:], depth + 1, hint)
     if inner.kind is Kind.READ and not inner.parts:
-        return inner
-    return Classification(Kind.WRITE, master_only=True, pin=inner.pin, unpin=inner.unpin, hint=hint)
+        # its rows describe the plan, not the calls' values
+        return replace(inner, lock_calls_exact=False) if inner.lock_calls_exact else inner
+    return Classification(
+        Kind.WRITE,
+        master_only=True,
+        pin=inner.pin,
+        unpin=inner.unpin,
+        hint=hint,
+        lock_calls=inner.lock_calls,
+        lock_names_unknown=inner.lock_names_unknown,
+    )
 
 
 _EXPLAIN_OPTS = re.compile(
@@ -620,7 +779,7 @@ def _parse_set(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classific
         return _write(hint)
     is_global = any(i.scope == "global" for i in items)
     mo, pin, unpin, last = eff or (False, None, None, False)
-    return Classification(
+    result = Classification(
         Kind.WRITE if is_global else Kind.SESSION,
         master_only=is_global or mo,
         pin=pin,
@@ -629,6 +788,7 @@ def _parse_set(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classific
         session_vars=tuple(items),
         reads_last_statement=last,
     )
+    return _with_locks(result, raw) if mo else result
 
 
 def _raw_text(raw: bytes, m: re.Match[bytes], group: str) -> str:
@@ -999,6 +1159,8 @@ def _combine(parts: tuple[Classification, ...], hint: Hint | None) -> Classifica
         dropped_tables=tuple(t for p in parts for t in p.dropped_tables),
         reads_last_statement=any(p.reads_last_statement for p in parts),
         parts=parts,
+        lock_calls=tuple(c for p in parts for c in p.lock_calls),
+        lock_names_unknown=any(p.lock_names_unknown for p in parts),
     )
 
 

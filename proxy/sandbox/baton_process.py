@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.sandbox import spawn, terminate
+from proxy.sandbox.processes import spawn, terminate
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _port(listen: str) -> int | None:
@@ -103,10 +103,16 @@ class BatonProcess:
 
 def admin_rows(proc: BatonProcess, statement: str, **options: Any) -> list[dict[str, Any]]:
     """Rows of an admin console statement (SHOW BACKENDS, SELECT ... FROM pools, ...) as dicts."""
+    assert proc.admin_port is not None, "the admin port is disabled"
+    return admin_query(proc.admin_port, statement, **options)
+
+
+def admin_query(port: int, statement: str, **options: Any) -> list[dict[str, Any]]:
+    """admin_rows for the admin port of a Baton this process did not start."""
     import pymysql
 
     settings: dict[str, Any] = {
-        "host": "127.0.0.1", "port": proc.admin_port, "user": "admin", "password": "admin",
+        "host": "127.0.0.1", "port": port, "user": "admin", "password": "admin",
         "connect_timeout": 5, "read_timeout": 60, "cursorclass": pymysql.cursors.DictCursor,
     }
     conn = pymysql.connect(**{**settings, **options})
