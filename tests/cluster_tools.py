@@ -10,9 +10,9 @@ import urllib.request
 from collections.abc import Sequence
 
 import pymysql
-from baton_process import BatonProcess
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
 
 WRITES_TABLE = "CREATE TABLE IF NOT EXISTS test.writes (id INT AUTO_INCREMENT PRIMARY KEY, via INT)"
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows
 from test_admin import app_connect
 
 from proxy.admin.tables import ALLOWED_FUNCTIONS, QueryRefused, Table, run_select
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 
 SOURCES = {"stats": lambda: Table(("variable", "value"), [(f"v{i}", i) for i in range(20)])}
 DENIED = [

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from baton_process import REPO_ROOT, BatonProcess, admin_rows, wait_for
 from cluster_tools import WRITES_TABLE, Traffic, read_only_flags
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_ports, spawn
+from proxy.sandbox.baton_process import REPO_ROOT, BatonProcess, admin_rows, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,6 +38,7 @@ pytestmark = [
 ]
 
 SECRET = "partition-test-secret-0123456789"
+ADMIN_PW = "partition-admin-pw"
 
 
 def _ip(*args: str) -> None:
@@ -120,7 +121,7 @@ def start_in(ns: Namespace, text: str, workdir: Path) -> BatonProcess:
 
 def _admin_ok(proc: BatonProcess, ns: Namespace) -> bool:
     try:
-        admin_rows(proc, "SHOW VERSION", host=ns.ns_ip, connect_timeout=1)
+        admin_rows(proc, "SHOW VERSION", host=ns.ns_ip, password=ADMIN_PW, connect_timeout=1)
         return True
     except Exception:  # noqa: BLE001 - not up yet
         assert proc.is_running(), proc.log_text()
@@ -151,13 +152,14 @@ def test_an_instance_cut_off_from_the_master_causes_no_failover(
         }
         a = baton(sb, **sections)
         proxy_port, admin_port = free_ports(2)
-        text = sb.config_toml(proxy_port, admin_port, 0, **sections)
+        # Off loopback the admin console refuses the default password (issue 12).
+        text = sb.config_toml(proxy_port, admin_port, 0, admin={"password": ADMIN_PW}, **sections)
         text = text.replace(f'"127.0.0.1:{proxy_port}"', f'"{namespace.ns_ip}:{proxy_port}"')
         text = text.replace(f'"127.0.0.1:{admin_port}"', f'"{namespace.ns_ip}:{admin_port}"')
         b = start_in(namespace, text, tmp_path / "b")
         try:
             def b_rows(statement: str) -> list[dict[str, object]]:
-                return admin_rows(b, statement, host=namespace.ns_ip)
+                return admin_rows(b, statement, host=namespace.ns_ip, password=ADMIN_PW)
 
             wait_for(lambda: len(admin_rows(a, "SHOW CLUSTER")) == 2, 10, "A to see B")
             before = read_only_flags(sb)

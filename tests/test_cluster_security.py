@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from baton_process import BatonProcess, admin_rows, wait_for
 from certs import self_signed_cert
 from cluster_tools import WRITES_TABLE, Traffic, metric, read_only_flags
 
 from proxy.health.signing import Record, Sealer
 from proxy.sandbox import RedisInstance, ReplicationSandbox, free_port, spawn, terminate
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

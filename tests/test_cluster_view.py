@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import redis as redis_client
-from baton_process import BatonProcess, admin_rows, wait_for
 from cluster_tools import WRITES_TABLE, Traffic, metric
 
 from proxy.sandbox import RedisInstance, ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 pytestmark = pytest.mark.slow
 

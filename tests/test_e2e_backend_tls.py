@@ -22,7 +22,6 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, wait_for
 from certs import CertFiles, self_signed_cert, signed_cert
 
 from proxy.app import BACKEND_CAPABILITIES_BASE
@@ -33,6 +32,7 @@ from proxy.protocol.constants import CACHING_SHA2_PASSWORD, SUPPORTED_CAPABILITI
 from proxy.protocol.framing import PacketReader, frame
 from proxy.protocol.packets import Handshake, encode_handshake
 from proxy.sandbox import MariaDBInstance, ServerStartError, free_port, free_ports, toml_dumps
+from proxy.sandbox.baton_process import BatonProcess, wait_for
 from proxy.tls import BackendSecurity, backend_security, client_context, server_context
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows, wait_for
 from test_e2e_core import pymysql_connect
 
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
 
 
 def login_error(proxy: BatonProcess, database: str) -> tuple[int, str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from baton_process import BatonProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_e2e_bad_input import Canary, RawClient
@@ -24,6 +23,7 @@ from test_e2e_core import pymysql_connect
 from proxy.protocol.constants import Command
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox, free_ports
+from proxy.sandbox.baton_process import BatonProcess
 
 FUZZ = settings(
     max_examples=30, deadline=None,

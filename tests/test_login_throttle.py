@@ -12,10 +12,10 @@ from typing import Any
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, admin_rows
 
 from proxy.protocol.framing import PacketReader, frame
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
 from proxy.throttle import LoginThrottle
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, wait_for
 
 from proxy.logs import JsonFormatter, KeyValueFormatter, escape_value, fields
 from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess, wait_for
 
 FORGED = 'bob\nts=2026-01-01T00:00:00.000Z level=error logger=baton admin_login user=root\\ "x"'
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pymysql
 import pytest
-from baton_process import BatonProcess, _accepts, admin_rows, wait_for
 from test_admin import admin_stat, app_connect
 
 from proxy.sandbox import ReplicationSandbox, free_ports
+from proxy.sandbox.baton_process import BatonProcess, _accepts, admin_rows, wait_for
 
 USERS = [{"name": "app", "password": "app"}, {"name": "newbie", "password": "newbie"}]
 
