@@ -20,8 +20,6 @@ class ListenerHost(Protocol):
 
     @property
     def config(self) -> Config: ...
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
 
 
 class OperatorListener(Listener):

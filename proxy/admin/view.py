@@ -58,9 +58,11 @@ class ClientView(Protocol):
 
 
 class ProxyView(ListenerHost, Protocol):
-    """The process: what operators read, and what they may ask of it (its config and loop:
+    """The process: what operators read, and what they may ask of it (its config:
     ``ListenerHost``)."""
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
     @property
     def stats(self) -> Stats: ...
     @property
