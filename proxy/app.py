@@ -8,38 +8,38 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Collection, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 from . import logs
-from .backend import BackendConnection, BackendError, Credentials, connect
+from .admin.server import AdminServer
+from .admin.view import ReloadResult
+from .backend import BackendError, Credentials, connect
 from .config import Config, ConfigError, diff_configs, load_config
-from .frontend import ClientSession
+from .health.cluster import ClusterLink
 from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
+from .health.failover import FailoverCoordinator
+from .health.monitor import Monitor
 from .health.privileges import PrivilegeReport
 from .health.states import BackendState
+from .health.timeline import ClientOutcome
 from .health.topology import Topology
 from .listeners import Listener, ListenError, prepare_rebinds
-from .pool import BackendPool
+from .metrics import MetricsServer
+from .pools import Pools
 from .protocol import auth
-from .protocol.constants import SUPPORTED_CAPABILITIES, Capability, Command
+from .protocol.constants import SUPPORTED_CAPABILITIES, Capability
 from .protocol.handshake import Account
 from .routing.router import Router
-from .routing.session_state import SessionStateKeeper
+from .session import ClientSession, SessionContext
+from .session.context import PeerSession
 from .stats import Stats
 from .tls import backend_security, server_context
 
 log = logging.getLogger("baton")
 
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    ok: bool
-    at: float
-    summary: str
-    errors: tuple[str, ...]
 
 DEFAULT_SERVER_VERSION = "5.5.5-10.11.0-MariaDB-Baton"
 
@@ -53,6 +53,10 @@ BACKEND_CAPABILITIES_BASE = int(
 
 
 class Baton:
+    """The composition root: builds every part, hands each what it needs, and implements the
+    narrow interfaces the parts call back through (``session.SessionHost``,
+    ``routing.router.RouterHost``, ``admin.view.ProxyView``)."""
+
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
@@ -66,31 +70,35 @@ class Baton:
         self.topology = Topology([(b.name, b.role) for b in config.backends], self.bus, time.monotonic)
         self._topology_waiters: list[asyncio.Future[None]] = []
         self.bus.subscribe(self._on_event)
-        self.router = Router(self)
-        self.session_state = SessionStateKeeper()
-        self.pools: dict[str, BackendPool] = {}
+        self.router = Router(self.topology, self, self.stats, config)
+        self.pools = Pools(self.spawn, self._release_idle_connection)
         self.accounts: dict[str, Account] = {}
-        self.sha2_cache: dict[str, tuple[bytes, bytes]] = {}
-        self.backend_capabilities_base = BACKEND_CAPABILITIES_BASE
-        self.server_version = config.proxy.server_version or DEFAULT_SERVER_VERSION
-        self.monitor = None
-        self.failover = None
-        self.cluster = None
+        self.monitor: Monitor | None = None
+        self.failover: FailoverCoordinator | None = None
+        self.cluster: ClusterLink | None = None
+        self.admin_server: AdminServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self.privileges = PrivilegeReport()
         self._awaiting_first_write: int | None = None
-        self._read_weights: dict[str, int] = {}
-        self.pool_waiters = [0]  # sessions waiting for a connection, all pools together
-        # How long a session waits for a pooled connection when all are busy.
-        self.pool_wait_timeout = max(10.0, config.proxy.connect_timeout_ms / 1000)
         # A free-to-move session gives its idle connections back after this long.
         self.idle_release_s = 1.0
-        self.pause_timeout_s = 60.0  # PAUSE holds statements at most this long
         self.last_reload: ReloadResult | None = None
-        self.reload_hooks: list[Callable[[Config, Config], Awaitable[None]]] = []
         self._resumed: asyncio.Future[None] | None = None
-        self.tls_context = None
-        self.rsa_key = auth.generate_rsa_key() if config.proxy.auth_plugin == "caching_sha2_password" else None
-        self.proxy_listener = Listener("proxy", lambda: ClientSession(self), backlog=1024)
+        sha2 = config.proxy.auth_plugin == "caching_sha2_password"
+        rsa_key = auth.generate_rsa_key() if sha2 else None  # for the full auth exchange
+        self.context = SessionContext(
+            config=config,
+            host=self,
+            router=self.router,
+            pools=self.pools,
+            stats=self.stats,
+            topology=self.topology,
+            sessions=cast(dict[int, PeerSession], self.sessions),  # the same dict, seen narrowly
+            server_version=config.proxy.server_version or DEFAULT_SERVER_VERSION,
+            backend_capabilities=BACKEND_CAPABILITIES_BASE,
+            rsa_key=rsa_key,
+        )
+        self.proxy_listener = Listener("proxy", self._new_session, backlog=1024)
         self.listeners: list[Listener] = [self.proxy_listener]  # reloads move each of them
         self._reload_lock = asyncio.Lock()  # a SIGHUP and a RELOAD never interleave
         self._stopped = asyncio.Event()
@@ -101,39 +109,32 @@ class Baton:
 
     def apply_config(self, config: Config) -> None:
         self.config = config
+        self.context.config = config
         self.router.configure(config)
         self.accounts = {
             u.name: Account(u.name, u.native_hash, u.password.encode() if u.password is not None else None)
             for u in config.users
         }
-        self.tls_context = server_context(config.proxy.tls_cert, config.proxy.tls_key) if config.proxy.tls_enabled else None
-        self._read_weights = {b.name: b.weight for b in config.backends}
-        wanted = {b.name: b for b in config.backends}
-        for name in list(self.pools):
-            if name not in wanted:
-                self.pools.pop(name).close()
-        for b in config.backends:
-            pool = self.pools.get(b.name)
-            if pool is None or (pool.host, pool.port) != (b.host, b.port) or pool.security is not backend_security(b):
-                if pool is not None:
-                    pool.close()
-                self.pools[b.name] = BackendPool(
-                    b.name, b.host, b.port, config.proxy.max_backend_connections,
-                    config.proxy.connect_timeout_ms / 1000, config.proxy.idle_backend_timeout_s,
-                    backend_security(b), waiters_total=self.pool_waiters,
-                    on_wait=self._release_idle_connection,
-                )
-            else:
-                pool.max_connections = config.proxy.max_backend_connections
-                pool.connect_timeout = config.proxy.connect_timeout_ms / 1000
-                pool.idle_timeout = config.proxy.idle_backend_timeout_s
+        proxy = config.proxy
+        tls = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
+        self.context.tls_context = tls
+        self.pools.configure(config)
 
     @property
-    def read_weights(self) -> dict[str, int]:
-        return self._read_weights
+    def server_version(self) -> str:
+        return self.context.server_version
 
-    def consistency_for(self, session: ClientSession) -> str:
-        return session.consistency or self.config.routing.consistency
+    @property
+    def paused(self) -> bool:
+        return self._resumed is not None
+
+    def split_brain_writers(self) -> Collection[str] | None:
+        return self.failover.split_brain if self.failover is not None else None
+
+    async def kill_query(self, backend: str, thread_id: int) -> None:
+        """KILL QUERY on a backend, through the monitor's connection (none: nothing to do)."""
+        if self.monitor is not None:
+            await self.monitor.execute(backend, f"KILL QUERY {thread_id}", timeout=2)
 
     def replica_has(self, name: str, gtid: str) -> bool:
         """Does the monitor already know this replica applied ``gtid``? (saves a wait)"""
@@ -167,7 +168,7 @@ class Baton:
             if self.failover is not None:
                 self.failover.timeline.note_first_write(epoch)
 
-    def timeline_note(self, kind: str) -> None:
+    def timeline_note(self, kind: ClientOutcome) -> None:
         if self.failover is not None:
             self.failover.timeline.note_client(kind)
 
@@ -177,6 +178,9 @@ class Baton:
     def next_connection_id(self) -> int:
         return next(self._ids)
 
+    def _new_session(self) -> ClientSession:
+        return ClientSession(self.context)
+
     # -- topology -----------------------------------------------------------------------------
 
     def _on_event(self, event: object) -> None:
@@ -185,8 +189,8 @@ class Baton:
         if isinstance(event, MasterPromoted):
             log.warning("master_promoted old=%s new=%s epoch=%s source=%s", event.old, event.new, event.epoch, event.source)
             self._awaiting_first_write = event.epoch
-            if event.old is not None and event.old in self.pools:
-                self.pools[event.old].retire()  # asyncpg-style: old-generation connections close
+            if event.old is not None:
+                self.pools.retire(event.old)  # asyncpg-style: old-generation connections close
             for session in list(self.sessions.values()):
                 session.on_master_change(event.old)
         waiters, self._topology_waiters = self._topology_waiters, []
@@ -202,21 +206,6 @@ class Baton:
 
     # -- connections --------------------------------------------------------------------------
 
-    def recycle(self, conn: BackendConnection, busy: bool = False) -> None:
-        """A session is done with a connection: reset it and give it back to its pool."""
-        pool = self.pools.get(conn.backend)
-        if pool is None:
-            conn.abort("backend removed")
-            return
-        if busy or not conn.alive:
-            conn.abort("released while busy")
-            pool.forget(conn)
-            return
-        if conn.multi_option is not None:  # an option COM_RESET_CONNECTION would not undo
-            pool.release(conn, reusable=False)
-            return
-        self.spawn(self._reset_and_release(pool, conn))
-
     def _release_idle_connection(self, backend: str) -> None:
         """A session waits for a connection to ``backend``: take one from an idle session
         that is free to move (the janitor would, but only after idle_release_s)."""
@@ -224,17 +213,12 @@ class Baton:
             if session.give_back_idle(backend):
                 return
 
-    async def _reset_and_release(self, pool: BackendPool, conn: BackendConnection) -> None:
-        try:
-            tracker = await conn.command(Command.RESET_CONNECTION, timeout=2)
-            ok = tracker.error is None
-        except BackendError:
-            ok = False
-        conn.schema_stale = conn.schema is not None
-        pool.release(conn, reusable=ok)
+    def _release_idle_sessions(self, idle_before: float) -> None:
+        for session in list(self.sessions.values()):
+            session.release_if_idle(idle_before)
 
-    def spawn(self, coro: object) -> asyncio.Task[object]:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -249,12 +233,13 @@ class Baton:
                 master.name, master.host, master.port,
                 Credentials(mon.user, mon.password.encode(), None),
                 timeout=self.config.proxy.connect_timeout_ms / 1000,
-                capabilities=int(SUPPORTED_CAPABILITIES), security=backend_security(master),
+                capabilities=int(SUPPORTED_CAPABILITIES),
+                security=backend_security(master),
             )
         except BackendError as exc:
             log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)
             return
-        self.server_version = conn.server_version
+        self.context.server_version = conn.server_version
         conn.close()
         log.info("server_version_learned backend=%s version=%s", master.name, self.server_version)
 
@@ -265,14 +250,11 @@ class Baton:
         await self._start_health()
         cfg = self.config.proxy
         await self.proxy_listener.start_listening(self.config)
-        self.spawn(self._janitor())
+        self.spawn(self.pools.janitor(self._release_idle_sessions, self.idle_release_s))
         log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
         # >>> operator surfaces: admin port and Prometheus metrics (proxy/admin/server.py,
         # proxy/metrics.py). Each listens while its [admin]/[metrics] listen is set, follows
         # reloads of that address, and is closed in shutdown().
-        from .admin.server import AdminServer
-        from .metrics import MetricsServer
-
         self.admin_server = AdminServer(self)
         self.metrics_server = MetricsServer(self)
         self.listeners += [self.admin_server, self.metrics_server]
@@ -284,9 +266,6 @@ class Baton:
 
     async def _start_health(self) -> None:
         """The monitor probes every backend; the coordinator acts on what it finds."""
-        from .health.failover import FailoverCoordinator
-        from .health.monitor import Monitor
-
         cfg = self.config
         self.monitor = Monitor(
             cfg.backends, cfg.monitor, self.topology, connect_timeout_s=cfg.proxy.connect_timeout_ms / 1000
@@ -296,9 +275,9 @@ class Baton:
         await self.failover.start()
         self.spawn(self._check_privileges(cfg))
         if cfg.redis.enabled:
-            from .health.cluster import ClusterLink
-
-            self.cluster = ClusterLink(cfg.redis, self.topology, self.failover, address=cfg.proxy.listen)
+            self.cluster = ClusterLink(
+                cfg.redis, self.topology, self.failover, address=cfg.proxy.listen
+            )
             self.bus.subscribe(self.cluster.on_event)
             await self.cluster.start()
             self.failover.lease = self.cluster.lease
@@ -320,7 +299,7 @@ class Baton:
             deadline = time.monotonic() + self.config.failover.buffer_window_ms / 2000
             master = self.topology.master
             while time.monotonic() < deadline and any(
-                s.trx_backend == master or (s.inflight is not None and s.inflight.conn is not None
+                s.routing.trx_backend == master or (s.inflight is not None and s.inflight.conn is not None
                                             and s.inflight.conn.backend == master and not s.inflight.read)
                 for s in self.sessions.values()
             ):
@@ -334,19 +313,6 @@ class Baton:
         """Being told of a promotion (admin PROMOTE, notify-promotion hook, Redis)."""
         assert self.failover is not None
         return await self.failover.promote(name, source=source)
-
-    async def _janitor(self) -> None:
-        """Gives back connections of idle sessions; closes pooled connections idle too long."""
-        tick = 0
-        while True:
-            await asyncio.sleep(self.idle_release_s / 2)
-            idle_before = time.monotonic() - self.idle_release_s
-            for session in list(self.sessions.values()):
-                session.release_if_idle(idle_before)
-            tick += 1
-            if tick % 10 == 0:
-                for pool in self.pools.values():
-                    pool.close_idle_older_than(pool.idle_timeout)
 
     async def shutdown(self, graceful: bool = True) -> None:
         """Stops accepting; lets running statements finish up to the grace period; closes."""
@@ -367,10 +333,9 @@ class Baton:
         if self.monitor is not None:
             await self.monitor.stop()
         await asyncio.sleep(0.05)
-        for pool in self.pools.values():
-            pool.close(drain=False)
+        self.pools.close(drain=False)
         # >>> operator surfaces (see start())
-        for surface in (getattr(self, "admin_server", None), getattr(self, "metrics_server", None)):
+        for surface in (self.admin_server, self.metrics_server):
             if surface is not None:
                 surface.close()
         # <<< operator surfaces
@@ -438,8 +403,6 @@ class Baton:
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
             self.spawn(self._check_privileges(new))
-        for hook in self.reload_hooks:
-            await hook(old, new)
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""
@@ -448,9 +411,7 @@ class Baton:
         assert self.monitor is not None, "the monitor runs from start()"
         self.monitor.set_admin_state(name, state)
         if state == BackendState.OFFLINE_HARD:
-            pool = self.pools.get(name)
-            if pool is not None:
-                pool.retire()
+            self.pools.retire(name)
             for session in list(self.sessions.values()):
                 conn = session.conns.get(name)
                 if conn is not None:
@@ -474,10 +435,6 @@ class Baton:
             fut, self._resumed = self._resumed, None
             fut.set_result(None)
             log.warning("resumed")
-
-    @property
-    def paused(self) -> bool:
-        return self._resumed is not None
 
     async def wait_resumed(self, timeout: float) -> bool:
         fut = self._resumed

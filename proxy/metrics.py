@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -66,14 +66,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .admin.server import OperatorListener
 from .admin.tables import CLUSTER_COLUMNS, cluster_table, failover_rows
 from .health.signing import REJECTION_REASONS
 from .health.states import BackendState
+from .listener import OperatorListener
 from .stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from .app import Baton
+    from .admin.view import ProxyView
 
 log = logging.getLogger("baton.metrics")
 
@@ -83,7 +83,7 @@ _UP_STATES = {s for s in BackendState if s.is_up}
 class BatonCollector(Collector):
     """Reads a running Baton's state at scrape time."""
 
-    def __init__(self, app: Baton) -> None:
+    def __init__(self, app: ProxyView) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -268,7 +268,7 @@ def _le(bound: float) -> str:
 
 
 
-def registry_for(app: Baton) -> CollectorRegistry:
+def registry_for(app: ProxyView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BatonCollector(app))
     ProcessCollector(registry=registry)
@@ -292,7 +292,7 @@ class MetricsHTTP(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport: create_server's
         self._timer = self.loop.call_later(REQUEST_TIMEOUT_S, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -343,7 +343,7 @@ class MetricsHTTP(asyncio.Protocol):
 class MetricsServer(OperatorListener):
     """The metrics listener; follows reloads of ``[metrics] listen``."""
 
-    def __init__(self, app: Baton) -> None:
+    def __init__(self, app: ProxyView) -> None:
         self.registry = registry_for(app)
         super().__init__(app, "metrics", lambda: MetricsHTTP(self.registry, app.loop))
 

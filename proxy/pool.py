@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from .backend import BackendConnection, BackendError, Credentials, await_login, connect
 from .tls import NO_TLS, BackendSecurity
@@ -48,6 +49,13 @@ class PoolStats:
     closed: int = 0
 
 
+@dataclass(slots=True)
+class WaiterCount:
+    """Sessions waiting for a connection, all pools together (one instance shared by them)."""
+
+    n: int = 0
+
+
 @dataclass
 class BackendPool:
     name: str
@@ -61,7 +69,7 @@ class BackendPool:
     stats: PoolStats = field(default_factory=PoolStats)
     # Waiters across all pools, shared: lets a session skip checking every pool after every
     # statement when nobody is waiting (the usual case).
-    waiters_total: list[int] = field(default_factory=lambda: [0])
+    waiters_total: WaiterCount = field(default_factory=WaiterCount)
     # Called when a session starts waiting: lets idle sessions give a connection back now.
     on_wait: Callable[[str], None] | None = None
 
@@ -176,7 +184,7 @@ class BackendPool:
                 raise exhausted
             waiter = asyncio.get_running_loop().create_future()
             queue.append(waiter)
-            self.waiters_total[0] += 1
+            self.waiters_total.n += 1
             self.stats.waits += 1
             if self.on_wait is not None:
                 self.on_wait(self.name)
@@ -185,7 +193,7 @@ class BackendPool:
             except TimeoutError:
                 raise exhausted from None
             finally:
-                self.waiters_total[0] -= 1
+                self.waiters_total.n -= 1
                 if waiter in queue:
                     queue.remove(waiter)
                 if at_share and not queue and self._user_waiters.get(key.user) is queue:
@@ -252,7 +260,8 @@ class BackendPool:
             and conn.generation == self.generation
         ):
             conn.last_used = time.monotonic()
-            self._idle.setdefault(conn.pool_key, deque()).append(conn)  # type: ignore[arg-type]
+            key = cast(PoolKey, conn.pool_key)  # set by _opened: a pooled connection has one
+            self._idle.setdefault(key, deque()).append(conn)
         else:
             self._discard(conn)
         self._wake(getattr(conn.pool_key, "user", None))

@@ -27,16 +27,17 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import ADMIN_REFUSED, ADMIN_SYNTAX
 from ..health.states import BackendState
 from ..protocol.packets import ErrPacket
 from . import tables
-from .tables import Table
+from .tables import Table, Value
 
 if TYPE_CHECKING:
-    from ..app import Baton
+    from ..health.failover import FailoverCoordinator
+    from .view import ProxyView
 
 log = logging.getLogger("baton.admin")
 
@@ -62,7 +63,7 @@ class Refusal(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    app: Baton
+    app: ProxyView
     text: str  # the command, whitespace-normalized, without the trailing ';'
     args: dict[str, str]
     connection_id: int = 0
@@ -131,7 +132,7 @@ def _set_backend(req: Request) -> Done:
     return Done(f"backend {name} set {state}")
 
 
-def _failover(req: Request) -> object:
+def _failover(req: Request) -> FailoverCoordinator:
     failover = req.app.failover
     if failover is None:
         raise Refusal("failover is not available in this Baton process (no failover module running)")
@@ -157,7 +158,7 @@ async def _promote(req: Request) -> Table:
     source = unquote(req.args.get("source", "admin")).lower()
     log.warning("admin_promote backend=%s replacing=%s source=%s", name, old, source)
     try:
-        record = await failover.promote(name, source=source, old=old)  # type: ignore[attr-defined]
+        record = await failover.promote(name, source=source, old=old)
     except Exception as exc:  # PromotionRefused's reason goes back to the operator verbatim
         raise Refusal(f"PROMOTE {name!r} refused: {exc}") from exc
     return _outcome(req, name, record)
@@ -181,7 +182,7 @@ async def _failover_now(req: Request) -> Table:
         to = _backend_name(req)
     log.warning("admin_failover to=%s", to or "-")
     try:
-        record = await failover.failover(to, source="admin")  # type: ignore[attr-defined]
+        record = await failover.failover(to, source="admin")
     except Exception as exc:  # PromotionRefused's reason goes back to the operator verbatim
         raise Refusal(f"FAILOVER refused: {exc}") from exc
     return _outcome(req, str(getattr(record, "new", to)), record)
@@ -191,7 +192,7 @@ def _set_failover_mode(req: Request) -> Done:
     failover = _failover(req)
     mode = unquote(req.args["mode"]).lower()
     try:
-        failover.set_mode(mode)  # type: ignore[attr-defined]
+        failover.set_mode(mode)
     except Exception as exc:
         raise Refusal(str(exc)) from exc
     log.warning("admin_set_failover_mode mode=%s", mode)
@@ -271,7 +272,8 @@ def _client_select(req: Request, body: str) -> Table | None:
     known = _session_values(req)
     if not items or any(i.lower().replace(" ", "") not in known for i in items):
         return None
-    return Table(tuple(items), [tuple(known[i.lower().replace(" ", "")] for i in items)])  # type: ignore[misc]
+    row: tuple[Value, ...] = tuple(cast(Value, known[i.lower().replace(" ", "")]) for i in items)
+    return Table(tuple(items), [row])
 
 
 def _select(req: Request) -> Reply:
@@ -384,7 +386,7 @@ def normalize(text: str) -> str:
     return _SPACE.sub(" ", text)
 
 
-async def execute(app: Baton, text: str, *, connection_id: int = 0, user: str = "") -> Reply:
+async def execute(app: ProxyView, text: str, *, connection_id: int = 0, user: str = "") -> Reply:
     """The reply to one admin command."""
     command = normalize(text)
     if not command:
@@ -396,11 +398,10 @@ async def execute(app: Baton, text: str, *, connection_id: int = 0, user: str = 
         args = {k: v for k, v in match.groupdict().items() if v is not None}
         request = Request(app, command, args, connection_id, user)
         try:
-            reply = entry.handler(request)
-            if inspect.isawaitable(reply):
-                reply = await reply
+            outcome = entry.handler(request)
+            reply = await outcome if inspect.isawaitable(outcome) else outcome
         except Refusal as exc:
             return Refused(ADMIN_REFUSED.packet(reason=str(exc)))
-        return reply  # type: ignore[return-value]
+        return reply
     shown = command if len(command) <= 60 else command[:57] + "..."
     return syntax_error(f"unknown command {shown!r}")

@@ -9,10 +9,12 @@ SET_OPTION, FIELD_LIST, STATISTICS, RESET_CONNECTION). Anything else gets MySQL'
 Commands run one after another per session, in a task, because PROMOTE and SWITCHOVER wait
 for the failover module; the proxy's own sessions never wait on the admin port.
 
-``OperatorListener`` is the listener life cycle shared with the metrics endpoint: bind when the
-section's ``listen`` is set, follow a reload that changes it (``proxy.listeners``: the new
-address is bound before the reload commits; a failed bind refuses the reload), close on
-shutdown.
+``AdminServer`` is an ``OperatorListener`` (``proxy/listener.py``), as the metrics endpoint is:
+a reload that changes its address binds the new one before it commits (``proxy.listeners``).
+
+Before login a client is a stranger: small packets only, a bounded number of strangers (in all
+and per address), and an address with too many failed logins is refused before the greeting
+(``proxy.throttle``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .. import errors
-from ..listeners import Listener
+from ..listener import OperatorListener
 from ..protocol import auth
 from ..protocol.constants import (
     NATIVE_PASSWORD,
@@ -37,7 +38,7 @@ from ..protocol.constants import (
     ServerStatus,
 )
 from ..protocol.framing import PacketReader, PacketTooLarge, frame
-from ..protocol.handshake import Account, Authenticated, Failed, Send, ServerHandshake
+from ..protocol.handshake import Account, Authenticated, ServerHandshake
 from ..protocol.packets import (
     Column,
     OkPacket,
@@ -47,12 +48,13 @@ from ..protocol.packets import (
     encode_terminator,
 )
 from ..protocol.wire import ProtocolError
+from ..server_login import ServerLogin
 from ..throttle import LoginThrottle
 from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
 from .tables import Table
 
 if TYPE_CHECKING:
-    from ..app import Baton
+    from .view import ProxyView
 
 log = logging.getLogger("baton.admin")
 
@@ -74,21 +76,10 @@ _STATUS = int(ServerStatus.AUTOCOMMIT)
 _BINARY_CHARSET = 63
 
 
-class OperatorListener(Listener):
-    """A listener on ``[<section>] listen``; reloads move it through ``proxy.listeners``."""
-
-    def __init__(self, app: Baton, section: str, factory: Callable[[], asyncio.Protocol]) -> None:
-        super().__init__(section, factory)
-        self.app = app
-
-    async def start(self) -> None:
-        await self.start_listening(self.app.config)
-
-
 class AdminServer(OperatorListener):
     """The admin listener and its open sessions (closed with it on shutdown)."""
 
-    def __init__(self, app: Baton) -> None:
+    def __init__(self, app: ProxyView) -> None:
         super().__init__(app, "admin", lambda: AdminSession(app, self))
         self.sessions: set[AdminSession] = set()
         self.throttle = LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S)
@@ -100,7 +91,7 @@ class AdminServer(OperatorListener):
 
 
 class AdminSession(asyncio.Protocol):
-    def __init__(self, app: Baton, server: AdminServer) -> None:
+    def __init__(self, app: ProxyView, server: AdminServer) -> None:
         self.app = app
         self.server = server
         self.id = app.next_connection_id()
@@ -108,19 +99,18 @@ class AdminSession(asyncio.Protocol):
         self.peer = ""
         self.address = ""  # the client host, which login throttling counts by
         self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
-        self.hs: ServerHandshake | None = None
+        self._login: ServerLogin | None = None
         self.user = ""
         self.capabilities = 0
         self.logged_in = False
         self.closed = False
         self.queue: deque[bytes] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._login_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport: create_server's
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
@@ -137,7 +127,7 @@ class AdminSession(asyncio.Protocol):
             )
             self._fatal(error, "too many failed logins")
             return
-        self.hs = ServerHandshake(
+        hs = ServerHandshake(
             server_version=self.app.server_version,
             connection_id=self.id,
             lookup=self._account,
@@ -145,8 +135,8 @@ class AdminSession(asyncio.Protocol):
             auth_plugin=NATIVE_PASSWORD,
             capabilities=ADMIN_CAPABILITIES,
         )
-        transport.write(self.hs.greeting())  # type: ignore[attr-defined]
-        self._login_timer = self.app.loop.call_later(LOGIN_TIMEOUT_S, self._login_timeout)
+        self._login = ServerLogin(hs, self)
+        self._login.greet(LOGIN_TIMEOUT_S)
 
     def _too_many_strangers(self) -> bool:
         waiting = [s for s in self.server.sessions if not s.logged_in]
@@ -159,7 +149,8 @@ class AdminSession(asyncio.Protocol):
             while not self.closed and (pkt := self.reader.next_packet()) is not None:
                 seq, payload = pkt
                 if not self.logged_in:
-                    self._handshake_packet(seq, payload)
+                    assert self._login is not None
+                    self._login.receive(seq, payload)
                     continue
                 if seq != 0 or not payload:
                     self._fatal(errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), "bad command packet")
@@ -184,31 +175,29 @@ class AdminSession(asyncio.Protocol):
         password = admin.password.encode()
         return Account(name, auth.native_stage2(password), password)
 
-    def _handshake_packet(self, seq: int, payload: bytes) -> None:
-        assert self.hs is not None and self.transport is not None
-        for action in self.hs.receive(seq, payload):
-            if isinstance(action, Send):
-                self.transport.write(action.data)
-            elif isinstance(action, Failed):
-                user = self.hs._response.user if self.hs._response else ""
-                log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
-                self.server.throttle.failed(self.address)
-                self._fatal(self.hs.failure_bytes, "authentication failed")
-            elif isinstance(action, Authenticated):
-                self._authenticated(action)
+    # server_login.LoginPort: no TLS on the admin port (the handshake never offers it).
 
-    def _authenticated(self, a: Authenticated) -> None:
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-        self.user = a.user
-        self.capabilities = a.capabilities
+    def login_write(self, data: bytes) -> None:
+        self._write(data)
+
+    def login_start_tls(self) -> None:
+        self._fatal(b"", "TLS requested on the admin port")
+
+    def login_refused(self, user: str, reply: bytes) -> None:
+        log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
+        self.server.throttle.failed(self.address)
+        self._fatal(reply, "authentication failed")
+
+    def login_succeeded(self, auth: Authenticated) -> None:
+        self.user = auth.user
+        self.capabilities = auth.capabilities
         self.logged_in = True
         self.reader.max_payload = ADMIN_MAX_PACKET
         self.server.throttle.succeeded(self.address)
-        log.info("admin_login user=%s peer=%s", a.user, self.peer)
-        self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), a.seq))
+        log.info("admin_login user=%s peer=%s", auth.user, self.peer)
+        self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), auth.seq))
 
-    def _login_timeout(self) -> None:
+    def login_timed_out(self) -> None:
         if not self.logged_in:
             self.close("admin login timeout")
 
@@ -262,8 +251,8 @@ class AdminSession(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        if self._login_timer is not None:
-            self._login_timer.cancel()
+        if self._login is not None:
+            self._login.stop()
         self.server.sessions.discard(self)
         if self.transport is not None:
             self.transport.close()

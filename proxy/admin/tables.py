@@ -23,8 +23,8 @@ from .. import __version__
 from ..config import MASK, SECTIONS
 
 if TYPE_CHECKING:
-    from ..app import Baton
     from ..health.monitor import BackendHealth
+    from .view import ClientView, ProxyView
 
 Value = int | float | str | None
 
@@ -76,7 +76,7 @@ def _flag(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _health(app: Baton) -> dict[str, BackendHealth]:
+def _health(app: ProxyView) -> dict[str, BackendHealth]:
     """The monitor's per-backend view, when a monitor runs."""
     if app.monitor is None:
         return {}
@@ -91,7 +91,7 @@ def wall_time(monotonic_at: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
 
 
-def backends_table(app: Baton) -> Table:
+def backends_table(app: ProxyView) -> Table:
     snap = app.topology.snapshot()
     health = _health(app)
     per_backend_queries: dict[str, int] = {}
@@ -130,7 +130,7 @@ def backends_table(app: Baton) -> Table:
     return Table(BACKEND_COLUMNS, rows)
 
 
-def pools_table(app: Baton) -> Table:
+def pools_table(app: ProxyView) -> Table:
     """One row per (backend, user) with connections; a backend with none has one row with a
     NULL user. waiting, generation, connects and reused are per backend (its pool), repeated
     on each of its rows."""
@@ -145,17 +145,11 @@ def pools_table(app: Baton) -> Table:
     return Table(POOL_COLUMNS, rows)
 
 
-def client_state(session: Any) -> str:
-    if session.phase.name == "HANDSHAKE":
-        return "login"
-    if session.inflight is not None:
-        return "active"
-    if session.in_transaction:
-        return "in-transaction"
-    return "idle"
+def client_state(session: ClientView) -> str:
+    return session.activity
 
 
-def clients_table(app: Baton) -> Table:
+def clients_table(app: ProxyView) -> Table:
     now = time.monotonic()
     rows = [
         (
@@ -174,7 +168,7 @@ def clients_table(app: Baton) -> Table:
     return Table(CLIENT_COLUMNS, rows)
 
 
-def stats_table(app: Baton) -> Table:
+def stats_table(app: ProxyView) -> Table:
     """Counters as (variable, value). Names are dotted paths: queries.<backend>.<command>,
     query_errors.<backend>.<command>, backend_errors.<code>, baton_errors.<code>, ..."""
     st = app.stats
@@ -208,7 +202,7 @@ def stats_table(app: Baton) -> Table:
     return Table(STAT_COLUMNS, rows)
 
 
-def failover_rows(app: Baton) -> list[dict[str, Any]]:
+def failover_rows(app: ProxyView) -> list[dict[str, Any]]:
     """The failover timeline, one dict per failover, newest first; [] without one."""
     failover = app.failover
     if failover is None:
@@ -216,7 +210,7 @@ def failover_rows(app: Baton) -> list[dict[str, Any]]:
     return list(failover.timeline.as_rows())
 
 
-def failovers_table(app: Baton) -> Table:
+def failovers_table(app: ProxyView) -> Table:
     records = failover_rows(app)
     columns: list[str] = []
     for record in records:
@@ -226,7 +220,7 @@ def failovers_table(app: Baton) -> Table:
     return Table(tuple(columns), rows)
 
 
-def cluster_table(app: Baton) -> Table:
+def cluster_table(app: ProxyView) -> Table:
     cluster = app.cluster
     if cluster is None:
         mode = app.config.failover.mode
@@ -263,7 +257,7 @@ def _config_items(prefix: str, value: object) -> Iterable[tuple[str, Value]]:
         yield f"{prefix}.{f.name}", _scalar(v)
 
 
-def config_table(app: Baton) -> Table:
+def config_table(app: ProxyView) -> Table:
     """The running config as (key, value), secrets masked, then the last reload's outcome."""
     config = app.config
     rows: list[tuple[Value, ...]] = [("source", config.source)]
@@ -286,7 +280,7 @@ def config_table(app: Baton) -> Table:
     return Table(("key", "value"), rows)
 
 
-def version_table(app: Baton) -> Table:
+def version_table(app: ProxyView) -> Table:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(app.started_at))
     python = ".".join(str(p) for p in sys.version_info[:3])
     return Table(
@@ -410,7 +404,7 @@ def run_select(
         db.close()
 
 
-def snapshot_sources(app: Baton) -> dict[str, Callable[[], Table]]:
+def snapshot_sources(app: ProxyView) -> dict[str, Callable[[], Table]]:
     """The queryable tables of a running Baton, built on demand."""
     return {name: partial(build, app) for name, build in QUERYABLE.items()}
 

@@ -233,7 +233,11 @@ def capabilities_from_grants(
             for r in lacking:
                 needed_by.setdefault((operation, r.privilege), r.statement)
     return Capabilities(
-        **{op: op not in missing for op in OPERATIONS},
+        monitor="monitor" not in missing,
+        promote="promote" not in missing,
+        repoint="repoint" not in missing,
+        fence="fence" not in missing,
+        switchover="switchover" not in missing,
         missing=missing,
         needed_by=needed_by,
         notes=notes,

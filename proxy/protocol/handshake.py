@@ -135,6 +135,17 @@ class ServerHandshake:
     def tls_active(self) -> bool:
         return self._tls
 
+    @property
+    def user(self) -> str:
+        """The user the client logs in as ("" until its login response arrives)."""
+        return self._response.user if self._response is not None else ""
+
+    def expect_change_user(self, tls_active: bool) -> None:
+        """COM_CHANGE_USER: no greeting is sent; the next packet is a login response
+        (re-encoded from the command) on a connection that may already be TLS."""
+        self._tls = tls_active
+        self._state = _SrvState.RESPONSE
+
     def greeting(self) -> bytes:
         """The framed HandshakeV10 packet to send first."""
         self._state = _SrvState.RESPONSE
@@ -435,10 +446,10 @@ class ClientHandshake:
         if data == b"\x04":  # full authentication
             if self.password is None:
                 raise ProtocolError("backend wants the plain password, which Baton does not know")
-            return self._full_auth(seq)
+            return self._full_auth(seq, self.password)
         raise ProtocolError("unexpected auth-more-data from backend")
 
-    def _full_auth(self, seq: int) -> list[object]:
+    def _full_auth(self, seq: int, password: bytes) -> list[object]:
         """caching_sha2 full authentication: the password itself, only where no one on the
         path can read it."""
         if self._tls:
@@ -448,7 +459,7 @@ class ClientHandshake:
                     "over TLS that does not verify the server; refused: set tls_ca (or "
                     "tls_verify = true) for this backend"
                 )
-            return [Send(frame(self.password + b"\0", seq + 1))]  # type: ignore[operator]
+            return [Send(frame(password + b"\0", seq + 1))]
         if self.server_public_key:
             return [Send(frame(self._rsa(self.server_public_key), seq + 1))]
         if not self.get_server_public_key:

@@ -165,6 +165,12 @@ class Classification:
     statement_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE (lower-case)
     reads_last_statement: bool = False  # SHOW WARNINGS, GET DIAGNOSTICS, @@warning_count
     parts: tuple[Classification, ...] = ()  # one per statement of a multi-statement
+    # CREATE/ALTER/DROP/RENAME/TRUNCATE: a replica that has not applied it fails reads.
+    ddl: bool = False
+    # KILL [QUERY | CONNECTION] <id>: (id, query only). Baton answers it, it is never sent.
+    kill: tuple[int, bool] | None = None
+    # Only ``SET @baton_consistency = ...``: Baton's own setting, never sent to a backend.
+    local: bool = False
     # Named locks (see the "named locks" section): literal-name calls, in statement order.
     lock_calls: tuple[LockCall, ...] = ()
     lock_calls_exact: bool = False  # each call runs once; SELECT: column i is call i's value
@@ -1044,6 +1050,20 @@ def _get(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
     return _write(hint)
 
 
+_KILL = re.compile(rb"\s+(?:(QUERY|CONNECTION)\s+)?(\d+)\s*;?\s*\Z", re.I)
+
+
+def _kill(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
+    # KILL QUERY ID <query id> and KILL USER are forwarded as they are (plain writes).
+    m = _KILL.match(raw, pos)
+    if m is None:
+        return _write(hint)
+    query_only = (m.group(1) or b"").upper() == b"QUERY"
+    return Classification(
+        _WRITE_KIND, master_only=True, hint=hint, kill=(int(m.group(2)), query_only)
+    )
+
+
 _Handler = Callable[[bytes, int, "Hint | None", int], Classification]
 _HANDLERS: dict[bytes, _Handler] = {
     b"SELECT": _read,
@@ -1081,6 +1101,7 @@ _HANDLERS: dict[bytes, _Handler] = {
     b"REPLACE": _dml,
     b"DO": _dml,
     b"CALL": _call,
+    b"KILL": _kill,
 }
 
 
@@ -1190,10 +1211,26 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
     """
     raw = sql if type(sql) is bytes else bytes(sql)
     try:
-        return _classify(raw, 0, None, multi_statements)
+        c = _classify(raw, 0, None, multi_statements)
     except Exception:  # a classifier bug must not cost the client its connection
         _log.exception("statement classifier failed on %d bytes; routing as a write", len(raw))
         return _WRITE
+    kind = c.kind
+    if kind is _WRITE_KIND:
+        if _DDL.match(raw) is not None:
+            return replace(c, ddl=True)
+    elif kind is Kind.SESSION and c.session_vars and all(
+        i.scope == "user" and i.name == "baton_consistency" for i in c.session_vars
+    ):
+        return replace(c, local=True)
+    return c
+
+
+# Statements that change the schema, after any comments (the first statement of several).
+_DDL = re.compile(
+    rb"\s*(?:/\*.*?\*/\s*|(?:--|#)[^\n]*\n\s*)*(?:CREATE|ALTER|DROP|RENAME|TRUNCATE)\b",
+    re.I | re.S,
+)
 
 
 # ----------------------------------------------------------------- literals

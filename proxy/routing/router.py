@@ -20,29 +20,113 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .. import errors
-from ..errors import BatonFailure
+from ..errors import BatonFailure, ErrorCode
 from ..protocol.constants import Command
 from .balancer import WeightedRoundRobin
-from .classifier import Classification, Kind, classify
+from .classifier import Classification, Kind
 
 if TYPE_CHECKING:
-    from ..app import Baton
-    from ..frontend import ClientSession, Inflight
+    from ..config import Config
+    from ..health.timeline import ClientOutcome
+    from ..health.topology import Topology
+    from ..stats import Stats
+    from .statements import PreparedStatement
 
-_QUERY = int(Command.QUERY)
 _READ = Kind.READ
 _BEGIN = Kind.BEGIN
+_EXECUTE = int(Command.STMT_EXECUTE)
 
 # Commands that read and may run on a replica when the session is free to move.
 _REPLICA_COMMANDS = frozenset({int(Command.FIELD_LIST)})
+# Commands that change nothing: run again elsewhere when their backend dies under them.
+_SAFE_TO_REPEAT = frozenset(
+    int(c) for c in (Command.STMT_PREPARE, Command.FIELD_LIST, Command.STATISTICS, Command.INIT_DB)
+)
+
+
+class RoutedSession(Protocol):
+    """What the router reads of a session (``session.state.SessionRouting``); never writes."""
+
+    @property
+    def trx_backend(self) -> str | None: ...
+    @property
+    def last_backend(self) -> str | None: ...
+    @property
+    def pins(self) -> Collection[object]: ...
+    @property
+    def pin_next(self) -> bool: ...
+    @property
+    def consistency(self) -> str | None: ...
+    @property
+    def causal_gtid(self) -> str | None: ...
+    @property
+    def in_transaction(self) -> bool: ...
+    @property
+    def autocommit(self) -> bool: ...
+
+
+class RouterHost(Protocol):
+    """What the router asks of the running process (``app.Baton`` implements it)."""
+
+    def replica_has(self, name: str, gtid: str) -> bool: ...
+    def promotion_possible(self) -> bool: ...
+    def topology_changed(self) -> asyncio.Future[None]: ...
+    def timeline_note(self, kind: ClientOutcome) -> None: ...
+    def split_brain_writers(self) -> Collection[str] | None: ...
+
+
+class Route(NamedTuple):
+    """Where a command runs: ``target`` None means "hold it until a master is writable".
+    ``read``: nothing is changed there, so it may be retried elsewhere; ``causal``: it must
+    first wait for the session's last write on that replica."""
+
+    target: str | None
+    read: bool = False
+    causal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the command again (route it afresh): nothing of it reached the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer the client with ``code``; ``transaction_lost``: the open transaction died."""
+
+    code: ErrorCode
+    transaction_lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Part of a response already reached the client: only closing the connection is honest."""
+
+    reason: str
+
+
+Verdict = Retry | Fail | Close
+RETRY = Retry()
 
 
 class Router:
-    def __init__(self, app: Baton) -> None:
-        self.app = app
+    def __init__(
+        self,
+        topology: Topology,
+        host: RouterHost,
+        stats: Stats,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topology = topology
+        self.host = host
+        self.stats = stats
+        self.clock = clock
         self.balancer = WeightedRoundRobin()
         self.held = 0  # statements waiting for a master right now (buffer_max applies)
         self._suspect: dict[str, float] = {}  # backends that just failed under a client
@@ -55,18 +139,29 @@ class Router:
         self._ddl_hold_until = 0.0
         self._ddl_barrier: str | None = None
         self._ddl_barrier_until = 0.0
-        self.split = app.config.routing.read_write_split  # refreshed by configure() on reload
+        self.configure(config)
 
-    def configure(self, config: object) -> None:
+    def configure(self, config: Config) -> None:
         """Settings read on every statement, copied out of the config on (re)load."""
-        self.split = config.routing.read_write_split  # type: ignore[attr-defined]
+        routing = config.routing
+        self.split = routing.read_write_split
+        self.consistency = routing.consistency
+        self.read_only_trx_to_replica = routing.read_only_trx_to_replica
+        self.fallback_to_master = routing.fallback_to_master
+        self.buffer_window_ms = config.failover.buffer_window_ms
+        self.buffer_max = config.failover.buffer_max
+        self.weights = {b.name: b.weight for b in config.backends}
+
+    def consistency_for(self, session: RoutedSession) -> str:
+        """The session's read-your-writes mode: its own SET @baton_consistency, or the default."""
+        return session.consistency or self.consistency
 
     # -- decisions ----------------------------------------------------------------------------
 
     def master(self) -> str | None:
         """The master writes may go to now; None while there is none, it just failed under a
         client (until the monitor decides or a short suspicion expires), or writes are held."""
-        name = self.app.topology.writable_master()
+        name = self.topology.writable_master()
         if name is None or self.hold_writes:
             return None
         if self.split_brain_alarm and self._ambiguous_writers():
@@ -74,48 +169,50 @@ class Router:
         if self._suspect:
             until = self._suspect.get(name)
             if until is not None:
-                if until > time.monotonic():
+                if until > self.clock():
                     return None
                 del self._suspect[name]
         return name
 
-    def route(self, session: ClientSession, inflight: Inflight) -> str | None:
-        """The backend for this command, or None when it must wait for a master."""
-        command = inflight.command
-        cls: Classification | None = None
-        if command == _QUERY:
-            cls = classify(inflight.payload[1:], session.multi_statements)
-            inflight.cls = cls
+    def route(
+        self,
+        session: RoutedSession,
+        cls: Classification | None,
+        command: int,
+        payload: bytes = b"",
+        stmt: PreparedStatement | None = None,
+    ) -> Route:
+        """Where this command runs; changes nothing (``cls`` is the COM_QUERY's class)."""
         trx = session.trx_backend
         if trx is not None and session.in_transaction:
-            return trx
+            return Route(trx)
         if not session.autocommit or session.pins or session.pin_next:
-            return self.master()
+            return Route(self.master())
         if cls is None:
             if command in _REPLICA_COMMANDS and self.split:
-                return self.read_target(session, inflight, None)
-            if command == Command.STMT_EXECUTE and inflight.stmt is not None and inflight.stmt.is_read:
-                if not inflight.stmt.master_only and self.split:
-                    return self.read_target(session, inflight, None)
-            return self.master()
+                return self.read_target(session, None)
+            if command == _EXECUTE and stmt is not None and stmt.is_read:
+                if not stmt.master_only and self.split:
+                    return self.read_target(session, None)
+            return Route(self.master())
         hint = cls.hint
         if hint is not None:
             if hint.target == "master":
-                return self.master()
-            return self.read_target(session, inflight, hint.name)
+                return Route(self.master())
+            return self.read_target(session, hint.name)
         if cls.reads_last_statement and session.last_backend is not None:
-            return session.last_backend  # SHOW WARNINGS and friends: the previous statement's
-        if cls.kind is _BEGIN and cls.read_only_trx and self.app.config.routing.read_only_trx_to_replica:
-            return self.read_target(session, inflight, None)
+            return Route(session.last_backend)  # SHOW WARNINGS and friends: the previous one's
+        if cls.kind is _BEGIN and cls.read_only_trx and self.read_only_trx_to_replica:
+            return self.read_target(session, None)
         if cls.kind is not _READ or cls.master_only or not self.split:
-            return self.master()
-        if self._learned and inflight.payload in self._learned:
-            return self.master()
-        return self.read_target(session, inflight, None)
+            return Route(self.master())
+        if self._learned and payload in self._learned:
+            return Route(self.master())
+        return self.read_target(session, None)
 
-    def read_target(self, session: ClientSession, inflight: Inflight, name: str | None) -> str | None:
+    def read_target(self, session: RoutedSession, name: str | None) -> Route:
         """A replica for a read (a named one for a hint), or the master as fallback."""
-        topology = self.app.topology
+        topology = self.topology
         readable = topology.readable_replicas()
         if self._suspect:
             readable = self._without_suspects(readable)
@@ -123,26 +220,23 @@ class Router:
             readable = self._past_ddl(readable)
         if name is not None:
             if name in readable:
-                inflight.read = True
-                return name
+                return Route(name, True)
             if name == topology.master:
-                return self.master()
+                return Route(self.master())
             readable = []  # the named replica is not usable: fall back below
         if readable:
-            weights = self.app.read_weights
-            pick = self.balancer.pick(readable, weights)
+            pick = self.balancer.pick(readable, self.weights)
             if pick is not None:
-                inflight.read = True
-                if session.causal_gtid is not None and self.app.consistency_for(session) == "session":
-                    inflight.causal = True
-                return pick
-        if self.app.config.routing.fallback_to_master:
-            inflight.read = True
-            return self.master()
+                causal = (
+                    session.causal_gtid is not None and self.consistency_for(session) == "session"
+                )
+                return Route(pick, True, causal)
+        if self.fallback_to_master:
+            return Route(self.master(), True)
         raise BatonFailure(errors.NO_BACKEND, target=f"replica{'=' + name if name else ''}")
 
     def _without_suspects(self, names: list[str]) -> list[str]:
-        now = time.monotonic()
+        now = self.clock()
         for n, until in list(self._suspect.items()):
             if until <= now:
                 del self._suspect[n]
@@ -152,28 +246,27 @@ class Router:
         """Two writers of which neither is fenced: which one is the master cannot be known,
         so writes wait (not guessed). A fenced old master saying read_only=0 is an alarm, but
         the epoch still says who the master is, so writes go on."""
-        failover = self.app.failover
-        writers = failover.split_brain if failover is not None else None
+        writers = self.host.split_brain_writers()
         if not writers:
             self.split_brain_alarm = False
             return False
-        topology = self.app.topology
+        topology = self.topology
         return sum(1 for w in writers if not topology.is_fenced(w)) >= 2
 
     DDL_BARRIER_S = 10.0  # longest reads stay off replicas after a DDL (a stuck monitor)
 
     def ddl_started(self) -> None:
-        self._ddl_hold_until = time.monotonic() + self.DDL_BARRIER_S
+        self._ddl_hold_until = self.clock() + self.DDL_BARRIER_S
 
     def ddl_finished(self, gtid: str | None) -> None:
         """The DDL is done (gtid None: it failed, or its GTID is unknown)."""
         self._ddl_hold_until = 0.0
         if gtid is not None:
             self._ddl_barrier = gtid
-            self._ddl_barrier_until = time.monotonic() + self.DDL_BARRIER_S
+            self._ddl_barrier_until = self.clock() + self.DDL_BARRIER_S
 
     def _past_ddl(self, readable: list[str]) -> list[str]:
-        now = time.monotonic()
+        now = self.clock()
         if self._ddl_hold_until:
             if now < self._ddl_hold_until:
                 return []
@@ -184,7 +277,7 @@ class Router:
         if now >= self._ddl_barrier_until:
             self._ddl_barrier = None
             return readable
-        past = [r for r in readable if self.app.replica_has(r, barrier)]
+        past = [r for r in readable if self.host.replica_has(r, barrier)]
         if len(past) == len(readable):
             self._ddl_barrier = None  # every replica has it: no more checks
         return past
@@ -197,35 +290,36 @@ class Router:
 
     def suspect(self, backend: str, seconds: float = 2.0) -> None:
         """A backend just failed under a client: keep reads off it until the monitor decides."""
-        self._suspect[backend] = time.monotonic() + seconds
+        self._suspect[backend] = self.clock() + seconds
 
     # -- waiting out a failover ---------------------------------------------------------------
 
-    async def wait_for_target(self, session: ClientSession, inflight: Inflight) -> str:
-        """Holds a command while no master is writable, up to [failover] buffer_window_ms."""
-        cfg = self.app.config.failover
-        if not self.hold_writes and not self.app.promotion_possible():
+    async def wait_for_target(self, again: Callable[[], Route]) -> Route:
+        """Holds a command while no master is writable, up to [failover] buffer_window_ms;
+        ``again`` routes the command afresh each time the topology may have changed."""
+        host = self.host
+        if not self.hold_writes and not host.promotion_possible():
             # The master is unreachable and no server could take over: say so now.
-            raise BatonFailure(errors.BACKEND_UNREACHABLE, backend=self.app.topology.master or "master",
+            raise BatonFailure(errors.BACKEND_UNREACHABLE, backend=self.topology.master or "master",
                                reason="master down and no replica available to take over")
-        if self.held >= cfg.buffer_max:
-            self.app.timeline_note("failed")
-            raise BatonFailure(errors.BUFFER_FULL, limit=cfg.buffer_max)
-        deadline = time.monotonic() + cfg.buffer_window_ms / 1000
+        if self.held >= self.buffer_max:
+            host.timeline_note("failed")
+            raise BatonFailure(errors.BUFFER_FULL, limit=self.buffer_max)
+        deadline = self.clock() + self.buffer_window_ms / 1000
         self.held += 1
-        self.app.stats.held += 1
-        self.app.timeline_note("held")
+        self.stats.held += 1
+        host.timeline_note("held")
         try:
             while True:
-                target = self.route(session, inflight)
-                if target is not None:
-                    return target
-                remaining = deadline - time.monotonic()
+                route = again()
+                if route.target is not None:
+                    return route
+                remaining = deadline - self.clock()
                 if remaining <= 0:
-                    self.app.timeline_note("failed")
-                    raise BatonFailure(errors.NO_MASTER, waited_ms=cfg.buffer_window_ms)
+                    host.timeline_note("failed")
+                    raise BatonFailure(errors.NO_MASTER, waited_ms=self.buffer_window_ms)
                 try:
-                    await asyncio.wait_for(self.app.topology_changed(), min(remaining, 0.25))
+                    await asyncio.wait_for(host.topology_changed(), min(remaining, 0.25))
                 except TimeoutError:
                     pass
         finally:
@@ -233,26 +327,27 @@ class Router:
 
     # -- failures under a client --------------------------------------------------------------
 
-    def on_backend_lost(self, session: ClientSession, inflight: Inflight, backend: str, reason: str) -> None:
-        """A backend died under a command before any of its response reached the client."""
+    def after_loss(
+        self,
+        session: RoutedSession,
+        backend: str,
+        command: int,
+        read: bool,
+        retries: int,
+        forwarded: int,
+    ) -> Verdict:
+        """A backend died under a command: what the session does about it."""
+        if forwarded:
+            return Close(f"backend {backend} lost mid-response")
         self.suspect(backend)
-        if session.trx_backend == backend or (session.in_transaction and not inflight.read):
-            session.lose_transaction(backend)
-            session.finish_with_error(errors.TRANSACTION_LOST, backend=backend)
-            return
-        if inflight.read and inflight.retries < 2:
-            inflight.retries += 1
-            self.app.stats.retried += 1
-            self.app.timeline_note("retried")
-            session.retry(inflight)
-            return
-        if inflight.command in (Command.STMT_PREPARE, Command.FIELD_LIST, Command.STATISTICS, Command.INIT_DB):
-            if inflight.retries < 2:
-                inflight.retries += 1
-                session.retry(inflight)
-                return
-        self.app.timeline_note("failed")
-        if inflight.read:  # a read that kept failing: nothing was changed, just say so
-            session.finish_with_error(errors.BACKEND_LOST, backend=backend)
-        else:
-            session.finish_with_error(errors.OUTCOME_UNKNOWN, backend=backend)
+        if session.trx_backend == backend or (session.in_transaction and not read):
+            return Fail(errors.TRANSACTION_LOST, transaction_lost=True)
+        if read and retries < 2:
+            self.stats.retried += 1
+            self.host.timeline_note("retried")
+            return RETRY
+        if command in _SAFE_TO_REPEAT and retries < 2:
+            return RETRY
+        self.host.timeline_note("failed")
+        # A read that kept failing changed nothing: just say so.
+        return Fail(errors.BACKEND_LOST if read else errors.OUTCOME_UNKNOWN)

@@ -14,14 +14,11 @@ reset first (COM_RESET_CONNECTION), so state never leaks from one client to anot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..backend import BackendConnection, BackendError, QueryError
 from ..protocol.constants import Command
 from .classifier import SetItem, is_literal
 
-if TYPE_CHECKING:
-    from ..frontend import ClientSession
 
 class StateRestoreError(BackendError):
     """A backend connection could not be made to match the session (reported as 9109)."""
@@ -46,6 +43,7 @@ class SessionState:
     schema: str | None = None
     items: dict[str, str] = field(default_factory=dict)  # key -> one SET assignment, in order
     version: int = 0
+    multi_option: int | None = None  # COM_SET_OPTION the session sent (0 on, 1 off)
 
     def replay_statements(self) -> list[bytes]:
         """What makes a fresh connection match: ``SET NAMES`` first and on its own (the
@@ -129,39 +127,36 @@ def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-class SessionStateKeeper:
-    """Applies a session's recorded state to a backend connection before it is used."""
+async def restore(owner: object, state: SessionState, conn: BackendConnection) -> None:
+    """Makes ``conn`` match the session ``owner`` whose recorded state is ``state``."""
+    if state.schema and (conn.schema != state.schema or conn.schema_stale):
+        tracker = await conn.command(Command.INIT_DB, state.schema.encode(), timeout=5)
+        if tracker.error is not None:
+            raise StateRestoreError(conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}")
+        conn.schema = state.schema
+        conn.schema_stale = False
+    option = state.multi_option
+    if option is not None and conn.multi_option != option:
+        tracker = await conn.command(Command.SET_OPTION, bytes((option & 0xFF, option >> 8)), timeout=5)
+        if tracker.error is not None:
+            raise StateRestoreError(conn.backend, f"cannot set the multi-statement option: {tracker.error.message}")
+        conn.multi_option = option
+    if conn.state_owner is owner and conn.state_version == state.version:
+        return
+    for sql in state.replay_statements():
+        try:
+            await conn.query(sql, timeout=5)
+        except QueryError as exc:
+            raise StateRestoreError(conn.backend, f"replaying the session's SET failed: {exc.err.message}") from None
+    conn.state_owner = owner
+    conn.state_version = state.version
 
-    async def restore(self, session: ClientSession, conn: BackendConnection) -> None:
-        state = session.state
-        if state.schema and (conn.schema != state.schema or conn.schema_stale):
-            tracker = await conn.command(Command.INIT_DB, state.schema.encode(), timeout=5)
-            if tracker.error is not None:
-                raise StateRestoreError(conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}")
-            conn.schema = state.schema
-            conn.schema_stale = False
-        option = session.multi_option
-        if option is not None and conn.multi_option != option:
-            tracker = await conn.command(Command.SET_OPTION, bytes((option & 0xFF, option >> 8)), timeout=5)
-            if tracker.error is not None:
-                raise StateRestoreError(conn.backend, f"cannot set the multi-statement option: {tracker.error.message}")
-            conn.multi_option = option
-        if conn.state_owner is session and conn.state_version == state.version:
-            return
-        for sql in state.replay_statements():
-            try:
-                await conn.query(sql, timeout=5)
-            except QueryError as exc:
-                raise StateRestoreError(conn.backend, f"replaying the session's SET failed: {exc.err.message}") from None
-        conn.state_owner = session
-        conn.state_version = state.version
 
-    @staticmethod
-    def in_sync(session: ClientSession, conn: BackendConnection) -> bool:
-        state = session.state
-        return (
-            conn.state_owner is session
-            and conn.state_version == state.version
-            and (not state.schema or (conn.schema == state.schema and not conn.schema_stale))
-            and conn.multi_option == session.multi_option
-        )
+def in_sync(owner: object, state: SessionState, conn: BackendConnection) -> bool:
+    """Does ``conn`` already hold this session's state (nothing to replay)?"""
+    return (
+        conn.state_owner is owner
+        and conn.state_version == state.version
+        and (not state.schema or (conn.schema == state.schema and not conn.schema_stale))
+        and conn.multi_option == state.multi_option
+    )

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..protocol.wire import ProtocolError
+
+if TYPE_CHECKING:
+    from ..backend import BackendConnection
 
 _U32 = struct.Struct("<I")
 
@@ -26,11 +30,38 @@ class PreparedStatement:
     master_only: bool  # classification of the SQL: where may executions run
     is_read: bool
     prepare_response: list[bytes] = field(default_factory=list)  # payloads, to answer a re-PREPARE
-    backend_ids: dict[object, int] = field(default_factory=dict)  # connection -> its statement id
-    types_sent: set[object] = field(default_factory=set)  # connections that know the param types
+    backend_ids: dict[BackendConnection, int] = field(default_factory=dict)  # conn -> its id
+    types_sent: set[BackendConnection] = field(default_factory=set)  # conns that know the types
     param_types: bytes | None = None
     long_data: list[bytes] = field(default_factory=list)  # SEND_LONG_DATA payloads, client ids
-    cursor_conn: object | None = None  # connection holding an open cursor for FETCH
+    cursor_conn: BackendConnection | None = None  # connection holding an open cursor for FETCH
+
+    def forget(self, conn: BackendConnection) -> None:
+        """``conn`` left the session: its statement id and cursor mean nothing any more."""
+        self.backend_ids.pop(conn, None)
+        self.types_sent.discard(conn)
+        if self.cursor_conn is conn:
+            self.cursor_conn = None
+
+
+class SessionStatements(dict[int, PreparedStatement]):
+    """A session's prepared statements by Baton's statement id (the one the client knows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_id = 0
+
+    def next_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
+
+    def forget(self, conn: BackendConnection) -> None:
+        for stmt in self.values():
+            stmt.forget(conn)
+
+    @property
+    def cursor_open(self) -> bool:
+        return bool(self) and any(s.cursor_conn is not None for s in self.values())
 
 
 def statement_id(payload: bytes) -> int:

@@ -1,0 +1,325 @@
+"""Bytes in and out of one client connection: TLS, compression, framing, the command queue,
+backpressure, the session's state machine, Baton's own replies and teardown.
+
+What each command does is decided further up (``execute``, ``prepared``, ``commands``); this
+layer only knows that packets from the client are commands once logged in, that one command
+is served at a time (the rest queue, and past ``_MAX_QUEUED`` the socket is not read), and
+that when the client's socket buffer fills (``pause_writing``) reading from its backends
+pauses, so a huge result set streams at the client's pace instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+from ..backend import BackendError
+from ..compressed import CompressedTransport
+from ..pool import PoolExhausted
+from ..protocol.compression import CompressedStream
+from ..protocol.constants import ServerStatus
+from ..protocol.framing import PacketReader, PacketTooLarge, frame
+from ..protocol.packets import OkPacket, encode_err, encode_ok
+from ..protocol.wire import ProtocolError
+from ..routing.session_state import SessionState, StateRestoreError
+from ..routing.statements import SessionStatements
+from ..tls import TLSTransport
+from .leases import Why
+from .state import COMMAND_STATES, ClientState, Inflight, SessionRouting, next_state
+
+if TYPE_CHECKING:
+    from ..backend import BackendConnection
+    from .context import SessionContext
+    from .leases import Leases
+
+log = logging.getLogger("baton.client")
+
+_IN_TRANS = int(ServerStatus.IN_TRANS)
+# Status flags that describe the session; the rest (cursor, last row, more results, state
+# changed) describe one response and must not leak into OK packets Baton builds itself.
+_REPLY_STATUS = int(
+    ServerStatus.IN_TRANS
+    | ServerStatus.AUTOCOMMIT
+    | ServerStatus.IN_TRANS_READONLY
+    | ServerStatus.NO_BACKSLASH_ESCAPES
+)
+# Pipelined commands queued before Baton stops reading the client's socket.
+_MAX_QUEUED = 64
+# Bytes inflated from a compressed client per pass; the rest waits until they are served.
+_INFLATE_BUDGET = 4 << 20
+
+_LOGIN, _IDLE, _INFILE, _CLOSED = (
+    ClientState.LOGIN,
+    ClientState.IDLE,
+    ClientState.INFILE,
+    ClientState.CLOSED,
+)
+
+ClientTransport = asyncio.Transport | TLSTransport | CompressedTransport
+
+
+class ClientIntake(asyncio.Protocol):
+    """The transport side of a client session (``ClientSession`` is the whole of it)."""
+
+    leases: Leases  # set by the layer that receives responses (execute.Execution)
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.id = ctx.host.next_connection_id()
+        self.transport: ClientTransport | None = None
+        self._raw_transport: asyncio.Transport | None = None
+        self._tls: TLSTransport | None = None
+        self._zstream: CompressedStream | None = None  # the client asked for compression
+        self.peer = ""
+        self.client_state = _LOGIN
+        self.reader = PacketReader(ctx.config.proxy.max_allowed_packet)
+        self.user = ""
+        self.capabilities = 0
+        self.state = SessionState()  # what the session SET: replayed on each connection
+        self.routing = SessionRouting()  # what the router reads
+        self.stmts = SessionStatements()
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.inflight: Inflight | None = None
+        self.connected_at = time.time()
+        self.last_active = time.monotonic()
+        self.queries = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the state machine --------------------------------------------------------------------
+
+    def change_state(self, new: ClientState) -> None:
+        """The only way a session's state changes; an impossible move raises."""
+        self.client_state = next_state(self.client_state, new)
+
+    # -- asyncio.Protocol: bytes in -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            try:
+                data = self._tls.feed(data)
+            except Exception as exc:  # ssl.SSLError and friends: this client only
+                self._close(f"TLS error: {exc}")
+                return
+            if not data:
+                return
+        if self._zstream is not None:
+            self._inflate(data)
+            return
+        self._stream_received(data)
+
+    def _inflate(self, data: bytes = b"") -> None:
+        """Compressed bytes in: inflate a budget's worth and serve it; more when it is served.
+
+        While whole compressed packets wait (the budget ran out), the socket is not read:
+        the client's own commands pace how much of its zlib Baton expands.
+        """
+        zstream = self._zstream
+        if zstream is None or self.client_state is _CLOSED:
+            return
+        try:
+            stream = zstream.unwrap(data, _INFLATE_BUDGET)
+        except ProtocolError as exc:
+            self._fatal(
+                errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc),
+                f"malformed compressed packet: {exc}",
+            )
+            return
+        if stream:
+            self._stream_received(stream)
+        raw = self._raw_transport
+        if self.client_state is _CLOSED or raw is None:
+            return
+        if zstream.backlog:
+            raw.pause_reading()
+            if self.client_state is _INFILE or (self.client_state is _IDLE and not self.queue):
+                # Nothing queued will call back (a file upload, or a packet still partial).
+                asyncio.get_running_loop().call_soon(self._inflate)
+        elif len(self.queue) <= _MAX_QUEUED:
+            raw.resume_reading()  # the backlog is gone; a partial packet needs the rest
+
+    def _stream_received(self, data: bytes) -> None:
+        """The plain packet stream (after TLS and compression, where the client uses them)."""
+        self.last_active = time.monotonic()
+        if self.client_state is _IDLE and not self.queue:
+            pkt = self.reader.take_whole(data)
+            if pkt is not None:  # the usual case: one whole command, nothing queued
+                self.queue.append(pkt)
+                self._next()
+                return
+        self.reader.feed(data)
+        try:
+            self._drain()
+        except PacketTooLarge:
+            self._fatal(errors.PACKET_TOO_LARGE.frame(self.reader.last_seq + 1), "packet too large")
+        except ProtocolError as exc:
+            self._fatal(
+                errors.MALFORMED_PACKET.frame(self.reader.last_seq + 1, reason=exc),
+                f"malformed packet: {exc}",
+            )
+
+    def _drain(self) -> None:
+        reader = self.reader
+        while self.client_state is not _CLOSED and (pkt := reader.next_packet()) is not None:
+            seq, payload = pkt
+            state = self.client_state
+            if state in COMMAND_STATES:
+                self.queue.append(pkt)
+                if state is _IDLE:
+                    self._next()
+                elif len(self.queue) > _MAX_QUEUED and self._raw_transport is not None:
+                    self._raw_transport.pause_reading()
+            elif state is _INFILE:
+                self._infile_packet(seq, payload)
+            elif state is _LOGIN:
+                self._login_packet(seq, payload)
+
+    def _next(self) -> None:
+        """Serves queued commands until one has to wait (``commands.Commands``)."""
+        raise NotImplementedError
+
+    def _login_packet(self, seq: int, payload: bytes) -> None:
+        """A packet of the login exchange (``client.ClientSession``)."""
+        raise NotImplementedError
+
+    def _infile_packet(self, seq: int, payload: bytes) -> None:
+        """A packet of a LOCAL INFILE upload (``execute.Execution``)."""
+        raise NotImplementedError
+
+    # -- asyncio.Protocol: the client's side of flow control ----------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close("client disconnected" if exc is None else f"client connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        self.leases.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.leases.resume_reading()
+
+    def _resume_intake(self) -> None:
+        """The queue is empty: read (or inflate) the client's next commands."""
+        if self._raw_transport is not None and self.client_state in COMMAND_STATES:
+            if self._zstream is not None and self._zstream.backlog:
+                asyncio.get_running_loop().call_soon(self._inflate)
+            else:
+                self._raw_transport.resume_reading()
+
+    # -- pooling between statements -----------------------------------------------------------
+
+    @property
+    def free_to_move(self) -> bool:
+        """No state that lives on one connection: the session's connections may be pooled."""
+        routing = self.routing
+        return (
+            routing.free_to_move_between_statements
+            and not routing.pin_next
+            and self.client_state is _IDLE
+            and self.inflight is None
+            and not self.stmts.cursor_open
+        )
+
+    def _after_response(self) -> None:
+        """Gives connections back at once when others wait for them (the janitor gives back
+        those of sessions idle for a while, see ``release_if_idle``), then serves the queue."""
+        if self.leases.conns and self.ctx.pools.waiters.n and self.free_to_move:
+            self.leases.release_wanted()
+        self._next()
+
+    # -- Baton's own replies ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _ok(self, seq: int, info: bytes = b"") -> bytes:
+        """An OK packet as the server would send it now."""
+        ok = OkPacket(status=self.routing.status & _REPLY_STATUS, info=info)
+        return frame(encode_ok(ok, self.capabilities), seq)
+
+    def _finish_with(self, data: bytes) -> None:
+        """Ends the current command with Baton's own reply."""
+        if self.client_state is _CLOSED:
+            return
+        self.inflight = None
+        if self.client_state is not _IDLE:
+            self.change_state(_IDLE)
+        self._write(data)
+        self._after_response()
+
+    def finish_with_error(self, code: errors.ErrorCode, **params: object) -> None:
+        self.ctx.stats.baton_errors[code.code] += 1
+        self._finish_with(code.frame(1, **params))
+
+    def _backend_error_frame(self, exc: BackendError, seq: int) -> bytes:
+        if exc.err is not None:  # the server's own answer (e.g. 1049 unknown database)
+            return frame(encode_err(exc.err), seq)
+        baton_errors = self.ctx.stats.baton_errors
+        if isinstance(exc, StateRestoreError):
+            code = errors.SESSION_STATE_UNRESTORABLE
+            baton_errors[code.code] += 1
+            return code.frame(seq, backend=exc.backend, reason=exc.reason)
+        if isinstance(exc, PoolExhausted):
+            code = errors.POOL_EXHAUSTED
+            baton_errors[code.code] += 1
+            return code.frame(
+                seq, backend=exc.backend, timeout_ms=int(exc.timeout * 1000), limit=exc.limit
+            )
+        baton_errors[errors.BACKEND_UNREACHABLE.code] += 1
+        return errors.BACKEND_UNREACHABLE.frame(seq, backend=exc.backend, reason=exc.reason)
+
+    # -- tasks and teardown -------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.ensure_future(coro)
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("session_task_failed client=%s error=%r", self.id, exc, exc_info=exc)
+            self._close(f"internal error: {exc!r}")
+
+    def _fatal(self, data: bytes, reason: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        self._close(reason)
+
+    def kill(self, reason: str = "killed by admin") -> None:
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        if self.client_state is _CLOSED:
+            return
+        self.change_state(_CLOSED)
+        self._closing()
+        self.ctx.sessions.pop(self.id, None)
+        if self.transport is not None:
+            self.transport.close()
+        inflight = self.inflight
+        in_trx = self.routing.status & _IN_TRANS
+        for conn in list(self.leases.conns.values()):
+            busy = inflight is not None and inflight.conn is conn and conn.busy
+            self.leases.release(conn, Why.BUSY if busy or in_trx else Why.IDLE)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        log.debug("client_closed client=%s reason=%s", self.id, reason)
+
+    def _closing(self) -> None:
+        """Hook: the session is closing (the login layer stops its timer)."""
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def running_connection(self) -> BackendConnection | None:
+        """The connection the current command runs on, if any (KILL QUERY stops it)."""
+        return self.inflight.conn if self.inflight is not None else None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.routing.in_transaction
