@@ -241,7 +241,7 @@ def cluster_table(app: ProxyView) -> Table:
 
 def _scalar(value: object) -> Value:
     if value is None or isinstance(value, int | float | str):
-        return int(value) if isinstance(value, bool) else value  # type: ignore[return-value]
+        return int(value) if isinstance(value, bool) else value
     if isinstance(value, list | tuple | set | frozenset):
         return ",".join(str(v) for v in value)
     return str(value)
