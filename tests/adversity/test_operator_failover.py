@@ -84,7 +84,9 @@ def refused(proc: BatonProcess, command: str) -> str:
 def test_failover_command_in_manual_mode_brings_8_writers_back_within_3s(
     make_sandbox: MakeSandbox, baton: StartBaton
 ) -> None:
-    sb, proc = topology_with_baton(make_sandbox, baton, mode="manual", buffer_window_ms=20000)
+    sb, proc = topology_with_baton(make_sandbox, baton, mode="manual", buffer_window_ms=20000,
+        semi_sync=True,  # without it a crash may lose an acknowledged write: MariaDB, not Baton
+    )
 
     alive = refused(proc, "FAILOVER")
     assert "master db1 is alive" in alive and "SWITCHOVER" in alive, alive
@@ -230,7 +232,9 @@ def test_failover_is_refused_when_no_candidate_qualifies(
 def test_failover_of_a_master_the_operator_took_offline_fences_it(
     make_sandbox: MakeSandbox, baton: StartBaton
 ) -> None:
-    sb, proc = topology_with_baton(make_sandbox, baton, mode="manual", buffer_window_ms=20000)
+    sb, proc = topology_with_baton(make_sandbox, baton, mode="manual", buffer_window_ms=20000,
+        semi_sync=True,  # without it a crash may lose an acknowledged write: MariaDB, not Baton
+    )
     load = run_load(proc, {"write": 4})
     writing(load)
     admin_rows(proc, "SET BACKEND 'db1' OFFLINE_HARD")
