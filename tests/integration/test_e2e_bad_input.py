@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,7 +21,7 @@ from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import MiB, launch_baton, pymysql_connect, scratch_table
-from tests.support.raw_client import Canary, Err, RawClient
+from tests.support.raw_client import Canary, Err, RawClient, canary_running
 
 StartBaton = Callable[..., BatonProcess]
 
@@ -35,15 +34,8 @@ ER_NET_PACKETS_OUT_OF_ORDER = 1156
 
 @pytest.fixture
 def canary(proxy: BatonProcess) -> Iterator[Canary]:
-    bird = Canary(proxy)
-    thread = threading.Thread(target=bird.run, daemon=True)
-    thread.start()
-    bird.wait_for(20)
-    try:
+    with canary_running(proxy, 20) as bird:
         yield bird
-    finally:
-        bird.stop()
-        thread.join(15)
 
 
 def assert_baton_unharmed(proxy: BatonProcess, canary: Canary) -> None:

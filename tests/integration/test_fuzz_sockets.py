@@ -9,7 +9,6 @@ session refactor); this proves no input kills Baton or disturbs another session.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox, free_ports
 from proxy.sandbox.baton_process import BatonProcess
 from tests.support.clients import pymysql_connect
-from tests.support.raw_client import Canary, RawClient
+from tests.support.raw_client import Canary, RawClient, canary_running
 
 FUZZ = settings(
     max_examples=30, deadline=None,
@@ -48,15 +47,8 @@ def proc(sandbox: ReplicationSandbox, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def bystander(proc: BatonProcess) -> Iterator[Canary]:
-    bird = Canary(proc)
-    thread = threading.Thread(target=bird.run, daemon=True)
-    thread.start()
-    bird.wait_for(10)
-    try:
+    with canary_running(proc, 10) as bird:
         yield bird
-    finally:
-        bird.stop()
-        thread.join(15)
 
 
 def _unharmed(proc: BatonProcess, bystander: Canary) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from proxy.protocol.constants import SUPPORTED_CAPABILITIES, Capability
@@ -156,3 +158,17 @@ class Canary:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+@contextmanager
+def canary_running(proxy: BatonProcess, warm_up: int) -> Iterator[Canary]:
+    """A Canary querying in its thread for the block, once it has run ``warm_up`` queries."""
+    bird = Canary(proxy)
+    thread = threading.Thread(target=bird.run, daemon=True)
+    thread.start()
+    bird.wait_for(warm_up)
+    try:
+        yield bird
+    finally:
+        bird.stop()
+        thread.join(15)
