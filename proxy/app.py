@@ -8,13 +8,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 from . import logs
 from .admin.server import AdminServer
-from .admin.view import ReloadResult
+from .admin.view import ProxyView, ReloadResult, WorkerRow
 from .backend import BackendError, Credentials, connect
 from .config import Config, ConfigError, diff_configs, load_config
 from .health.cluster import ClusterLink
@@ -64,7 +64,7 @@ class Baton:
         self.started_at = time.time()
         self.stats = Stats()
         self.sessions: dict[int, ClientSession] = {}
-        self._ids = itertools.count(1)
+        self._ids: Iterator[int] = itertools.count(1)
         self.accepting = True
         self.bus = EventBus()
         self.topology = Topology([(b.name, b.role) for b in config.backends], self.bus, time.monotonic)
@@ -246,17 +246,30 @@ class Baton:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.start_health()
+        await self.start_serving()
+        await self.start_operator(self)
+
+    async def start_health(self) -> None:
+        """The brain's part: learn the server version, monitor, fail over, join the cluster."""
         await self._learn_server_version()
         await self._start_health()
+
+    async def start_serving(self) -> None:
+        """The workers' part: accept clients and keep the pools tidy."""
         cfg = self.config.proxy
         await self.proxy_listener.start_listening(self.config)
         self.spawn(self.pools.janitor(self._release_idle_sessions, self.idle_release_s))
         log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
+
+    async def start_operator(self, view: ProxyView) -> None:
+        """The admin port and the metrics endpoint, showing ``view`` (this process, or every
+        worker's aggregate when the brain runs them)."""
         # >>> operator surfaces: admin port and Prometheus metrics (proxy/admin/server.py,
         # proxy/metrics.py). Each listens while its [admin]/[metrics] listen is set, follows
         # reloads of that address, and is closed in shutdown().
-        self.admin_server = AdminServer(self)
-        self.metrics_server = MetricsServer(self)
+        self.admin_server = AdminServer(view)
+        self.metrics_server = MetricsServer(view)
         self.listeners += [self.admin_server, self.metrics_server]
         if self.config.admin.enabled:
             await self.admin_server.start()
@@ -298,16 +311,20 @@ class Baton:
         try:
             deadline = time.monotonic() + self.config.failover.buffer_window_ms / 2000
             master = self.topology.master
-            while time.monotonic() < deadline and any(
-                s.routing.trx_backend == master or (s.inflight is not None and s.inflight.conn is not None
-                                            and s.inflight.conn.backend == master and not s.inflight.read)
-                for s in self.sessions.values()
-            ):
+            while time.monotonic() < deadline and self.busy_on(master):
                 await asyncio.sleep(0.01)
             return await self.failover.switchover(to)
         finally:
             router.hold_writes = False
             self._on_event(None)  # wake statements held for the switch
+
+    def busy_on(self, master: str | None) -> bool:
+        """Is a transaction open, or a write running, on ``master``? (a switchover waits)"""
+        return any(
+            s.routing.trx_backend == master or (s.inflight is not None and s.inflight.conn is not None
+                                        and s.inflight.conn.backend == master and not s.inflight.read)
+            for s in self.sessions.values()
+        )
 
     async def promote(self, name: str, source: str = "admin") -> object:
         """Being told of a promotion (admin PROMOTE, notify-promotion hook, Redis)."""
@@ -411,11 +428,23 @@ class Baton:
         assert self.monitor is not None, "the monitor runs from start()"
         self.monitor.set_admin_state(name, state)
         if state == BackendState.OFFLINE_HARD:
-            self.pools.retire(name)
-            for session in list(self.sessions.values()):
-                conn = session.conns.get(name)
-                if conn is not None:
-                    conn.abort("backend set OFFLINE_HARD by admin")
+            self.close_backend_connections(name)
+
+    def close_backend_connections(self, name: str) -> None:
+        """OFFLINE_HARD: every connection to ``name``, pooled or in use, closes now."""
+        self.pools.retire(name)
+        for session in list(self.sessions.values()):
+            conn = session.conns.get(name)
+            if conn is not None:
+                conn.abort("backend set OFFLINE_HARD by admin")
+
+    @property
+    def workers(self) -> list[WorkerRow]:
+        """One process serves every client: itself."""
+        return [WorkerRow(0, os.getpid(), "serving" if self.accepting else "stopped", len(self.sessions), 0, self.started_at)]
+
+    async def refresh(self) -> None:
+        """Nothing to gather: in one process the views read the live objects."""
 
     def kill_client(self, client_id: int) -> bool:
         session = self.sessions.get(client_id)

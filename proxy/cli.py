@@ -49,8 +49,8 @@ def run(config_path: str) -> None:
     Example:
       baton run --config /etc/baton/config.toml
     """
-    from .app import run as run_app
     from .config import ConfigError
+    from .workers import run as run_app
 
     try:
         run_app(config_path)

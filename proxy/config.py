@@ -107,10 +107,17 @@ class ProxyConfig:
     idle_backend_timeout_s: int = 300
     pid_file: str = ""
     shutdown_grace_s: int = 10
+    # Processes accepting client connections (SO_REUSEPORT); 0 = "auto", one per core.
+    workers: int = 0
 
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes serve clients: ``workers``, or the number of cores for "auto"."""
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +324,7 @@ RESTART_REQUIRED = frozenset(
         "proxy.tls_cert",
         "proxy.tls_key",
         "proxy.pid_file",
+        "proxy.workers",
         "admin.listen",
         "metrics.listen",
         "redis.url",
@@ -575,7 +583,27 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         idle_backend_timeout_s=t.integer("idle_backend_timeout_s", minimum=1),
         pid_file=t.text("pid_file"),
         shutdown_grace_s=t.integer("shutdown_grace_s", minimum=0),
+        workers=_read_workers(t),
     )
+
+
+MAX_WORKERS = 256
+
+
+def _read_workers(t: _Table) -> int:
+    """``workers = N`` (1 to MAX_WORKERS) or "auto" (also 0): one worker per core."""
+
+    def check(value: Any) -> int:
+        if value == "auto":
+            return 0
+        if type(value) is not int:
+            raise _Invalid(f'expected "auto" or an integer, got {_show(value)} ({_toml_type(value)})')
+        if not 0 <= value <= MAX_WORKERS:
+            raise _Invalid(f'must be from 1 to {MAX_WORKERS}, or "auto" (0 also means "auto"), got {value}')
+        return value
+
+    workers: int = t._get("workers", check, 1)
+    return workers
 
 
 def _check_server_version(value: str) -> None:
@@ -1101,7 +1129,8 @@ def describe(config: Config) -> str:
     lines = [
         f"Baton configuration from {config.source}",
         f"  proxy     {p.listen}  auth {p.auth_plugin}, client TLS {on[p.tls_enabled]}, "
-        f"{p.max_client_connections} clients max, {p.max_backend_connections} connections per backend",
+        f"{p.max_client_connections} clients max, {p.max_backend_connections} connections per backend, "
+        f"{p.worker_count} worker{'s' if p.worker_count > 1 else ''}" + (" (auto)" if not p.workers else ""),
         f"  admin     {config.admin.listen or 'disabled'}"
         + (f"  (user {config.admin.user})" if config.admin.enabled else ""),
         f"  metrics   {config.metrics.listen or 'disabled'}",

@@ -32,11 +32,14 @@ class Listener:
         self.server: asyncio.base_events.Server | None = None
         self.listen = ""
         self.log = logging.getLogger(f"baton.{section}")
+        # Workers each bind the proxy address: the kernel spreads connections among them.
+        self.reuse_port = False
 
     async def _open(self, cfg: Any) -> asyncio.base_events.Server:
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            self.factory, cfg.host, cfg.port, reuse_address=True, backlog=self.backlog
+            self.factory, cfg.host, cfg.port, reuse_address=True, backlog=self.backlog,
+            reuse_port=self.reuse_port or None,
         )
 
     async def start_listening(self, config: Config) -> None:

@@ -25,6 +25,8 @@ pool_generation                        gauge      backend
 pool_connects_total / ..._errors_total counter    backend
 pool_reused_total                      counter    backend
 clients_connected                      gauge      open client sessions
+worker_clients_connected               gauge      worker: open client sessions per worker process
+worker_restarts_total                  counter    worker: restarts after the worker died
 client_connections_total               counter    accepted client connections
 auth_failures_total                    counter
 statements_held_total                  counter    held while no master was writable
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -170,6 +172,12 @@ class BatonCollector(Collector):
     def _clients(self) -> Iterator[Metric]:
         app = self.app
         yield GaugeMetricFamily("baton_clients_connected", "Open client sessions.", value=len(app.sessions))
+        per_worker = GaugeMetricFamily("baton_worker_clients_connected", "Open client sessions per worker process.", labels=["worker"])
+        restarts = CounterMetricFamily("baton_worker_restarts", "Times the brain restarted a worker that died.", labels=["worker"])
+        for worker in app.workers:
+            per_worker.add_metric([str(worker.index)], worker.clients)
+            restarts.add_metric([str(worker.index)], worker.restarts)
+        yield from (per_worker, restarts)
         yield CounterMetricFamily(
             "baton_client_connections", "Client connections accepted.", value=app.stats.client_connections
         )
@@ -284,9 +292,14 @@ REQUEST_TIMEOUT_S = 10.0
 class MetricsHTTP(asyncio.Protocol):
     """One HTTP/1.x request per connection: GET /metrics (or /), then close."""
 
-    def __init__(self, registry: CollectorRegistry, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, loop: asyncio.AbstractEventLoop,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.registry = registry
         self.loop = loop
+        self.refresh = refresh  # with workers: gather their counters before a scrape
+        self._pending: asyncio.Task[None] | None = None
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -315,15 +328,30 @@ class MetricsHTTP(asyncio.Protocol):
         elif parts[0] not in ("GET", "HEAD"):
             self._respond(405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
         elif parts[1].split("?", 1)[0] in ("/metrics", "/"):
-            try:
-                body = generate_latest(self.registry)
-            except Exception:  # a collector bug must not take the endpoint down
-                log.exception("metrics_collect_failed")
-                self._respond(500, b"collecting metrics failed; see Baton's log\n")
-                return
-            self._respond(200, body, CONTENT_TYPE_LATEST, head=parts[0] == "HEAD")
+            if self.refresh is None:
+                self._scrape(parts[0] == "HEAD")
+            else:
+                self.buffer.clear()  # one request per connection: more bytes are ignored
+                self._pending = self.loop.create_task(self._refresh_then_scrape(self.refresh, parts[0] == "HEAD"))
         else:
             self._respond(404, b"not found; try /metrics\n")
+
+    async def _refresh_then_scrape(self, refresh: Callable[[], Awaitable[None]], head: bool) -> None:
+        try:
+            await refresh()
+        except Exception:
+            log.exception("metrics_refresh_failed")
+        if self.transport is not None and not self.transport.is_closing():
+            self._scrape(head)
+
+    def _scrape(self, head: bool) -> None:
+        try:
+            body = generate_latest(self.registry)
+        except Exception:  # a collector bug must not take the endpoint down
+            log.exception("metrics_collect_failed")
+            self._respond(500, b"collecting metrics failed; see Baton's log\n")
+            return
+        self._respond(200, body, CONTENT_TYPE_LATEST, head=head)
 
     def _respond(
         self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -345,5 +373,7 @@ class MetricsServer(OperatorListener):
 
     def __init__(self, app: ProxyView) -> None:
         self.registry = registry_for(app)
-        super().__init__(app, "metrics", lambda: MetricsHTTP(self.registry, app.loop))
+        # One process: the collector reads live objects, nothing to gather first.
+        refresh = app.refresh if len(app.workers) > 1 else None
+        super().__init__(app, "metrics", lambda: MetricsHTTP(self.registry, app.loop, refresh))
 

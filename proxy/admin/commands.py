@@ -96,6 +96,7 @@ SHOW: dict[str, tuple[Callable[[Request], Table], str]] = {
     "CLIENTS": (lambda r: tables.clients_table(r.app), "client sessions: state, backends in use, pins"),
     "STATS": (lambda r: tables.stats_table(r.app), "counters: queries, errors, auth failures, held, retried, reloads"),
     "FAILOVERS": (lambda r: tables.failovers_table(r.app), "the failover timeline, one row per promotion"),
+    "WORKERS": (lambda r: tables.workers_table(r.app), "processes serving clients: pid, state, clients, restarts"),
     "CLUSTER": (lambda r: tables.cluster_table(r.app), "Baton instances on the Redis channel: epoch, master, lease, failover"),
     "CONFIG": (lambda r: tables.config_table(r.app), "the running config (passwords masked) and the last reload"),
     "VERSION": (lambda r: tables.version_table(r.app), "Baton and server versions"),
@@ -398,6 +399,7 @@ async def execute(app: ProxyView, text: str, *, connection_id: int = 0, user: st
         args = {k: v for k, v in match.groupdict().items() if v is not None}
         request = Request(app, command, args, connection_id, user)
         try:
+            await app.refresh()  # with workers: their sessions, pools and counters, now
             outcome = entry.handler(request)
             reply = await outcome if inspect.isawaitable(outcome) else outcome
         except Refusal as exc:

@@ -289,6 +289,21 @@ def version_table(app: ProxyView) -> Table:
     )
 
 
+WORKER_COLUMNS = ("worker", "pid", "state", "clients", "restarts", "started_at")
+
+
+def workers_table(app: ProxyView) -> Table:
+    """The processes serving clients: one row per worker (one row in single-process mode)."""
+    rows = [
+        (
+            w.index, w.pid, w.state, w.clients, w.restarts,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(w.started_at)) if w.started_at else None,
+        )
+        for w in app.workers
+    ]
+    return Table(WORKER_COLUMNS, rows)
+
+
 # The tables SELECT can query, by name.
 QUERYABLE = {
     "backends": backends_table,

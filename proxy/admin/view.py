@@ -8,7 +8,7 @@ import the app, so they can be built and tested against any object of this shape
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from ..health.privileges import PrivilegeReport
     from ..health.states import BackendState
     from ..health.topology import Topology
-    from ..pools import Pools
-    from ..routing.router import Router
+    from ..pool import PoolStats
     from ..stats import Stats
 
 
@@ -57,6 +56,47 @@ class ClientView(Protocol):
     def pinned_reason(self) -> str: ...
 
 
+class PoolView(Protocol):
+    """One backend's pool, for SHOW POOLS and the metrics (``pool.BackendPool``, or the sum of
+    every worker's)."""
+
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def idle(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def stats(self) -> PoolStats: ...
+    def counts_by_user(self) -> dict[str, tuple[int, int]]: ...
+
+
+class PoolsView(Protocol):
+    def get(self, name: str) -> PoolView | None: ...
+    def items(self) -> Iterable[tuple[str, PoolView]]: ...
+
+
+class HeldView(Protocol):
+    """The router, as far as operators see it: statements held right now."""
+
+    @property
+    def held(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One process serving clients, for SHOW WORKERS."""
+
+    index: int
+    pid: int | None
+    state: str  # serving | starting | restarting | stopped
+    clients: int
+    restarts: int
+    started_at: float | None
+
+
 class ProxyView(ListenerHost, Protocol):
     """The process: what operators read, and what they may ask of it (its config:
     ``ListenerHost``)."""
@@ -68,9 +108,9 @@ class ProxyView(ListenerHost, Protocol):
     @property
     def topology(self) -> Topology: ...
     @property
-    def pools(self) -> Pools: ...
+    def pools(self) -> PoolsView: ...
     @property
-    def router(self) -> Router: ...
+    def router(self) -> HeldView: ...
     @property
     def sessions(self) -> Mapping[int, ClientView]: ...
     @property
@@ -89,6 +129,11 @@ class ProxyView(ListenerHost, Protocol):
     def paused(self) -> bool: ...
     @property
     def last_reload(self) -> ReloadResult | None: ...
+    @property
+    def workers(self) -> Sequence[WorkerRow]: ...
+
+    async def refresh(self) -> None:
+        """Brings what the views read up to date (with workers: asks each of them)."""
 
     def next_connection_id(self) -> int: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]: ...

@@ -355,6 +355,18 @@ class Topology:
         self._check_split_brain()
         return event
 
+    def fence(self, name: str) -> bool:
+        """Fence ``name`` as another process's topology says it is (a worker following the
+        brain's); promote() fences the masters it replaces itself. True if it was not fenced."""
+        self._get(name)
+        if name in self._fenced or name == self._master:
+            return False
+        self._readable = None
+        self._fenced.add(name)
+        self._bus.publish(BackendFenced(name, self._epoch))
+        self._check_split_brain()
+        return True
+
     def unfence(self, name: str) -> bool:
         """Fencing ends: a former master that rejoined cleanly is an ordinary replica again.
 

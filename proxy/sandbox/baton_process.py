@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal as signals
 import socket
 import subprocess
@@ -51,6 +52,8 @@ class BatonProcess:
         self.proxy_port = _port(config.get("proxy", {}).get("listen", "127.0.0.1:6033"))
         self.admin_port = _port(config.get("admin", {}).get("listen", "127.0.0.1:6032"))
         self.metrics_port = _port(config.get("metrics", {}).get("listen", "127.0.0.1:6070"))
+        if "workers" not in config.get("proxy", {}):
+            text = _one_worker(text)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.config_path)
@@ -135,3 +138,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def _one_worker(text: str) -> str:
+    """The config with ``[proxy] workers = 1`` added: processes started for tests and demos run
+    one worker unless their config asks for more (the default, "auto", depends on the machine)."""
+    header = re.search(r"^\[proxy\][ \t]*$", text, re.MULTILINE)
+    if header is None:
+        return text.rstrip("\n") + "\n\n[proxy]\nworkers = 1\n"
+    return text[: header.end()] + "\nworkers = 1" + text[header.end():]

@@ -205,7 +205,8 @@ class ReplicationSandbox:
     ) -> str:
         """A Baton config for this topology; each keyword merges into (or replaces) a section."""
         config: dict[str, Any] = {
-            "proxy": {"listen": f"127.0.0.1:{proxy_port}"},
+            # One process unless asked: the suite's expectations are those of one worker.
+            "proxy": {"listen": f"127.0.0.1:{proxy_port}", "workers": 1},
             "admin": {"listen": f"127.0.0.1:{admin_port}" if admin_port else ""},
             "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else ""},
             "monitor": {"user": "monitor", "password": "monitor"},
