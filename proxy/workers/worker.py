@@ -212,13 +212,17 @@ async def serve_worker(fd: int) -> None:
     loop = asyncio.get_running_loop()
     process = WorkerProcess()
     sock = socket.socket(fileno=fd)
-    _, channel = await loop.create_unix_connection(
-        lambda: Channel(process.on_message, process.on_request, process.on_closed), sock=sock
-    )
-    process.channel = channel
+
+    def channel() -> Channel:
+        # Known before the first byte: the brain's Hello may arrive with the connection.
+        process.channel = Channel(process.on_message, process.on_request, process.on_closed)
+        return process.channel
+
+    await loop.create_unix_connection(channel, sock=sock)
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     await process.done.wait()
-    channel.close()
+    if process.channel is not None:
+        process.channel.close()
 
 
 def main() -> None:
