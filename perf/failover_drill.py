@@ -87,7 +87,8 @@ class RoundResult:
 
 
 
-def one_round(base: Path, writers: int, semi_sync: bool, settle_s: float, echo=print) -> RoundResult:
+def one_round(base: Path, writers: int, semi_sync: bool, settle_s: float, echo=print,
+              workers: int = 1) -> RoundResult:
     sb = ReplicationSandbox(base / "sb", replicas=2, semi_sync=semi_sync).start()
     baton = None
     try:
@@ -96,7 +97,8 @@ def one_round(base: Path, writers: int, semi_sync: bool, settle_s: float, echo=p
         sb.wait_caught_up()
         port, admin = free_port(), free_port()
         baton = BatonProcess(sb.config_toml(port, admin, failover={"mode": "auto", "min_interval_s": 0},
-                                            monitor={"interval_ms": 250}), workdir=base / "baton")
+                                            monitor={"interval_ms": 250}, proxy={"workers": workers}),
+                             workdir=base / "baton")
         baton.start()
         threads = []
         ws = [Writer(i, port) for i in range(writers)]

@@ -263,13 +263,17 @@ def drill_probe(monkeypatch: pytest.MonkeyPatch) -> DrillProbe:
 
 
 @pytest.mark.slow
-def test_crash_drill_semi_sync_16_writers(tmp_path: Path, drill_probe: DrillProbe) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_crash_drill_semi_sync_16_writers(tmp_path: Path, drill_probe: DrillProbe, workers: int) -> None:
+    """With workers = 2 the brain detects and fails over, and both workers' held writes go to
+    the new master as its topology reaches them: the same results as one process."""
     writers = 16
     firsts = []
     for n in range(2):
         drill_probe.writers.clear()
         drill_probe.killed_at.clear()
-        result = failover_drill.one_round(tmp_path / f"round{n}", writers, semi_sync=True, settle_s=4.0)
+        result = failover_drill.one_round(tmp_path / f"round{n}", writers, semi_sync=True, settle_s=4.0,
+                                          workers=workers)
         rows = result.timeline
         text = format_timeline(rows)
         loaded, after = drill_probe.writers[:writers], drill_probe.writers[writers:]
