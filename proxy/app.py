@@ -136,6 +136,9 @@ class Baton:
         if self.monitor is not None:
             await self.monitor.execute(backend, f"KILL QUERY {thread_id}", timeout=2)
 
+    async def kill_elsewhere(self, client_id: int, user: str, query_only: bool) -> bool | None:
+        return None  # one process: every session is in self.sessions
+
     def replica_has(self, name: str, gtid: str) -> bool:
         """Does the monitor already know this replica applied ``gtid``? (saves a wait)"""
         monitor = self.monitor

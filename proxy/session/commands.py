@@ -105,7 +105,13 @@ class Commands(PreparedCommands):
         in the greeting). Never forwarded as is: on a backend that id names another thread."""
         target = self.ctx.sessions.get(client_id)
         if target is None:
-            self._finish_with(errors.UNKNOWN_THREAD.frame(1, id=client_id))
+            done = await self.ctx.host.kill_elsewhere(client_id, self.user, query_only)
+            if done is None:
+                self._finish_with(errors.UNKNOWN_THREAD.frame(1, id=client_id))
+            elif not done:
+                self._finish_with(errors.NOT_OWNER.frame(1, id=client_id))
+            else:
+                self._finish_with(self._ok(1))
             return
         if target.user != self.user:
             self._finish_with(errors.NOT_OWNER.frame(1, id=client_id))

@@ -37,6 +37,9 @@ class SessionHost(Protocol):
     def lookup_account(self, name: str) -> Account | None: ...
     def next_connection_id(self) -> int: ...
     async def kill_query(self, backend: str, thread_id: int) -> None: ...
+    async def kill_elsewhere(self, client_id: int, user: str, query_only: bool) -> bool | None:
+        """KILL of a session another worker process holds: True done, False not the user's
+        session, None no such session."""
 
 
 class PeerSession(Protocol):

@@ -44,6 +44,7 @@ from .messages import (
     Hello,
     KillClient,
     KillQuery,
+    KillSession,
     Ready,
     SetHoldWrites,
     SetPaused,
@@ -414,6 +415,11 @@ class Brain:
         if isinstance(body, KillQuery):
             await self.core.kill_query(body.backend, body.thread_id)
             return None
+        if isinstance(body, KillSession):
+            slot = self.slots[worker_of(body.client_id, self.count)]
+            if slot.channel is None or slot.state != "serving":
+                return None
+            return await slot.channel.request(body, GATHER_TIMEOUT_S * 2)
         raise ValueError(f"unknown request {type(body).__name__}")
 
     def _on_closed(self, slot: WorkerSlot) -> None:

@@ -4,7 +4,8 @@ Brain -> worker: ``Hello`` (once, first), ``TopologyChanged``, ``ConfigChanged``
 ``SetHoldWrites``, ``CloseBackend``, ``KillClient``, ``Stop``; requests ``GatherReport`` and
 ``BusyOn`` (answered with a ``WorkerReport`` and a bool).
 Worker -> brain: ``Ready`` or ``StartFailed`` (after Hello), ``TimelineNote``, ``FirstWrite``;
-request ``KillQuery`` (the brain runs it through the monitor's connection).
+requests ``KillQuery`` (the brain runs it through the monitor's connection) and ``KillSession``
+(a client's KILL of a session on another worker; the brain asks that worker).
 """
 
 from __future__ import annotations
@@ -145,6 +146,17 @@ class KillQuery:
 
     backend: str
     thread_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillSession:
+    """Request, both ways: a client's ``KILL [QUERY] client_id`` of a session another worker
+    holds (worker -> brain -> that worker). The answer: True done, False not ``user``'s session,
+    None no such session."""
+
+    client_id: int
+    user: str
+    query_only: bool
 
 
 # --- what a worker reports ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .messages import (
     Hello,
     KillClient,
     KillQuery,
+    KillSession,
     PoolRow,
     Ready,
     SetHoldWrites,
@@ -75,6 +76,27 @@ class WorkerBaton(Baton):
 
     async def kill_query(self, backend: str, thread_id: int) -> None:
         await self.channel.request(KillQuery(backend, thread_id), KILL_QUERY_TIMEOUT_S)
+
+    async def kill_elsewhere(self, client_id: int, user: str, query_only: bool) -> bool | None:
+        answer = await self.channel.request(KillSession(client_id, user, query_only), KILL_QUERY_TIMEOUT_S * 2)
+        return answer if isinstance(answer, bool) else None
+
+    async def kill_here(self, request: KillSession) -> bool | None:
+        """Another worker's client asked to KILL one of this worker's sessions."""
+        session = self.sessions.get(request.client_id)
+        if session is None:
+            return None
+        if session.user != request.user:
+            return False
+        running = session.running_connection()
+        if running is not None and running.busy:
+            try:  # stop the statement on its server, not just Baton's side of it
+                await self.kill_query(running.backend, running.thread_id)
+            except Exception as exc:  # noqa: BLE001 - best effort, as for a local KILL
+                log.warning("kill_query_failed client=%s backend=%s error=%r", request.client_id, running.backend, exc)
+        if not request.query_only:
+            session.kill("KILL from a client of another worker")
+        return True
 
     def replica_has(self, name: str, gtid: str) -> bool:
         return False  # the monitor's GTID positions are the brain's: causal reads wait instead
@@ -120,6 +142,8 @@ class WorkerBaton(Baton):
             return self.report()
         if isinstance(body, BusyOn):
             return self.busy_on(body.backend)
+        if isinstance(body, KillSession):
+            return await self.kill_here(body)
         raise ValueError(f"unknown request {type(body).__name__}")
 
     def _follow(self, state: TopologyState) -> None:

@@ -113,6 +113,47 @@ def test_kill_client_reaches_the_session_on_either_worker(
             c.close()
 
 
+def test_a_clients_kill_reaches_a_session_on_the_other_worker(
+    baton: Callable[..., BatonProcess], sandbox: ReplicationSandbox
+) -> None:
+    proc = start(baton, sandbox)
+    conns = open_on_both(proc, at_least=2)
+    try:
+        killer = next(c for c in conns if worker_of(c) == 0)
+        sleeper, victim = [c for c in conns if worker_of(c) == 1][:2]
+        import threading
+
+        slept: list[object] = []
+
+        def sleep() -> None:
+            try:
+                with sleeper.cursor() as cur:
+                    cur.execute("SELECT SLEEP(20)")
+                    slept.append(cur.fetchone())
+            except pymysql.err.OperationalError as exc:
+                slept.append(exc.args[0])  # 1317: MariaDB's "query execution was interrupted"
+
+        t = threading.Thread(target=sleep)
+        t.start()
+        wait_for(lambda: any(r["state"] == "active" and int(r["id"]) == sleeper.thread_id()
+                             for r in admin_rows(proc, "SHOW CLIENTS")), what="the SLEEP running")
+        started = time.monotonic()
+        with killer.cursor() as cur:
+            cur.execute(f"KILL QUERY {sleeper.thread_id()}")
+            t.join(timeout=10)
+            assert slept in ([(1,)], [1317]) and time.monotonic() - started < 5, slept  # interrupted
+            sleeper.ping(reconnect=False)  # KILL QUERY leaves the session open
+            cur.execute(f"KILL {victim.thread_id()}")
+            with pytest.raises(pymysql.err.OperationalError):
+                wait_for(lambda: victim.ping(reconnect=False) and False, timeout=5, what="a closed connection")
+            with pytest.raises(pymysql.err.OperationalError) as unknown:
+                cur.execute("KILL 999999")
+            assert unknown.value.args[0] == 1094
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_pause_and_resume_hold_statements_on_every_worker(
     baton: Callable[..., BatonProcess], sandbox: ReplicationSandbox
 ) -> None:
