@@ -40,15 +40,16 @@ OUTCOME_UNKNOWN = 9103
 
 
 def topology_with_baton(
-    make_sandbox: MakeSandbox, baton: StartBaton, *, semi_sync: bool = False, **failover: Any
+    make_sandbox: MakeSandbox, baton: StartBaton, *, semi_sync: bool = False, workers: int = 1,
+    **failover: Any,
 ) -> tuple[ReplicationSandbox, BatonProcess]:
     """A fresh master + 2 replicas with table test.t, and Baton in front (auto mode unless
-    told otherwise, no anti-flap pause, default monitor timings)."""
+    told otherwise, no anti-flap pause, default monitor timings, ``workers`` processes)."""
     sb = make_sandbox(semi_sync=semi_sync)
     sb.master.sql("CREATE TABLE test.t (id BIGINT PRIMARY KEY, w INT, note VARCHAR(64))")
     sb.wait_caught_up()
     settings = {"mode": "auto", "min_interval_s": 0, **REPL, **failover}
-    proc = baton(sb, monitor={"interval_ms": 250}, failover=settings)
+    proc = baton(sb, monitor={"interval_ms": 250}, failover=settings, proxy={"workers": workers})
     wait_for(lambda: all(r["state"] == "ONLINE" and r["read_only"] is not None
                          for r in admin_rows(proc, "SHOW BACKENDS")), 10, "backends seen by the monitor")
     return sb, proc
@@ -547,10 +548,13 @@ def test_follow_mode_routes_writes_to_a_hand_promoted_replica_and_fences_the_old
 # --- planned switchover ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 def test_switchover_under_load_loses_nothing_and_shows_no_error(
-    make_sandbox: MakeSandbox, baton: StartBaton
+    make_sandbox: MakeSandbox, baton: StartBaton, workers: int
 ) -> None:
-    sb, proc = topology_with_baton(make_sandbox, baton, mode="follow")
+    """With two workers, both hold their writes and drain their transactions on the old
+    master before the switch, and both send writes to the new master after it."""
+    sb, proc = topology_with_baton(make_sandbox, baton, mode="follow", workers=workers)
     db1, db2 = sb.instance("db1"), sb.instance("db2")
     load = run_load(proc, {"write": 4, "trx": 4, "read": 4})
     time.sleep(1.5)
