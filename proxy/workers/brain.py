@@ -32,6 +32,7 @@ from ..app import Baton
 from ..config import Config, load_config
 from ..health.events import MasterPromoted
 from ..health.states import BackendState
+from ..listeners import Listener, ListenError, Rebind
 from ..stats import Stats
 from .aggregate import HeldTotal, PoolTotals, RemoteClient, merge_stats, pool_totals
 from .channel import Channel, ChannelClosed
@@ -79,6 +80,37 @@ class WorkerStartError(Exception):
     pass
 
 
+class ProxyAddressCheck(Listener):
+    """The workers' proxy address, as a reload in the brain sees it. The brain never listens
+    there; but a reload that moves it must be refused before anything is applied if the new
+    address cannot be bound, as in one process. So ``prepare`` binds it (SO_REUSEPORT, like
+    the workers, never listening) and closes it at once; the workers then bind it for real."""
+
+    def __init__(self, listen: str) -> None:
+        super().__init__("proxy", asyncio.Protocol)
+        self.listen = listen
+
+    async def prepare(self, config: Config) -> Rebind | None:
+        cfg = config.proxy
+        if cfg.listen == self.listen:
+            return None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, kind, proto, _, address = infos[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(address)
+        except OSError as exc:
+            raise ListenError(
+                f"{config.source}: proxy.listen: cannot listen on {cfg.listen!r}: "
+                f"{exc.strerror or exc}; still listening on {self.listen!r}"
+            ) from None
+        return None  # nothing to commit here: Brain.reload records the new address
+
+
 @dataclass(slots=True)
 class WorkerSlot:
     index: int
@@ -107,8 +139,9 @@ class Brain:
         self._stats: Stats = core.stats
         self._pools = pool_totals(core.topology.backends(), ())
         self._held = HeldTotal()
-        # The core never accepts clients: its proxy listener must not be rebound by reloads.
-        core.listeners.remove(core.proxy_listener)
+        # The core never accepts clients: a reload checks the workers' address instead.
+        self._address_check = ProxyAddressCheck(core.config.proxy.listen)
+        core.listeners[core.listeners.index(core.proxy_listener)] = self._address_check
         core.bus.subscribe(self._on_event)
 
     # -- ProxyView: what the admin port and the metrics read -------------------------------
@@ -264,6 +297,7 @@ class Brain:
         """The core validates and applies the file; then every worker applies the same config."""
         result = await self.core.reload()
         if result.ok:
+            self._address_check.listen = self.core.config.proxy.listen
             self._broadcast(ConfigChanged(self.core.config, self._state()))
             if self.core.config.proxy.worker_count != self.count:
                 log.warning("workers_change_needs_restart running=%d configured=%d",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.sandbox import ReplicationSandbox
-from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
+from proxy.sandbox import ReplicationSandbox, free_ports
+from proxy.sandbox.baton_process import BatonProcess, _accepts, admin_rows, wait_for
 from tests.support.prometheus import scrape, value
 
 WORKERS = 2
@@ -286,3 +287,33 @@ def test_a_killed_worker_is_restarted_and_the_other_workers_clients_carry_on(
     finally:
         for c in conns:
             c.close()
+
+
+def test_reload_moving_the_proxy_address_moves_every_worker_or_none(
+    baton: Callable[..., BatonProcess], sandbox: ReplicationSandbox
+) -> None:
+    proc = start(baton, sandbox)
+    assert proc.admin_port is not None and proc.metrics_port is not None
+    old = proc.proxy_port
+    kept = open_on_both(proc, at_least=1)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        taken_port = taken.getsockname()[1]
+        proc.rewrite_config(sandbox.config_toml(taken_port, proc.admin_port, proc.metrics_port,
+                                                proxy={"workers": WORKERS}))
+        proc.proxy_port = old  # rewrite_config reads the port from the file: not applied yet
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            admin_rows(proc, "RELOAD")
+        assert refused.value.args[0] == 9150
+        assert f"proxy.listen: cannot listen on '127.0.0.1:{taken_port}'" in refused.value.args[1]
+    conns = open_on_both(proc, at_least=1)  # both workers still serve the old address
+    for c in conns:
+        c.close()
+    new = free_ports(1)[0]
+    proc.rewrite_config(sandbox.config_toml(new, proc.admin_port, proc.metrics_port, proxy={"workers": WORKERS}))
+    [row] = admin_rows(proc, "RELOAD")
+    assert row["result"] == "ok" and "proxy.listen" in row["changes"]
+    wait_for(lambda: not _accepts(old), timeout=5, what="the old address closed by every worker")
+    moved = open_on_both(proc, at_least=2)  # both workers serve the new address
+    for c in moved + kept:  # sessions from before the move carry on
+        c.ping(reconnect=False)
+        c.close()
