@@ -183,6 +183,19 @@ class WorkerBaton(Baton):
         return WorkerReport(self.index, os.getpid(), self.stats, pools, clients, self.router.held)
 
 
+class WorkerTag(logging.Filter):
+    """Every log line of a worker names it: ``logger=baton.session@worker1``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.suffix = f"@worker{index}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self.suffix):
+            record.name += self.suffix
+        return True
+
+
 class WorkerProcess:
     """The channel's end in the worker: builds the WorkerBaton from the brain's Hello."""
 
@@ -197,6 +210,8 @@ class WorkerProcess:
         elif isinstance(message, Hello):
             assert self.channel is not None
             logs.setup(message.config.log.level, message.config.log.format)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(WorkerTag(message.index))
             self.baton = WorkerBaton(message, self.channel)
             self.baton.spawn(self._start(self.baton))
 

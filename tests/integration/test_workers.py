@@ -278,6 +278,9 @@ def test_a_killed_worker_is_restarted_and_the_other_workers_clients_carry_on(
             timeout=15, what="worker 0 restarted",
         )
         assert int(restarted[0]["restarts"]) == 1 and int(restarted[1]["pid"]) == pids[1]
+        log = proc.log_text()
+        assert f"worker_died index=0 pid={pids[0]} exit=-9" in log
+        assert "logger=baton.worker@worker0 worker_serving index=0" in log  # lines name their worker
         more = open_on_both(proc, at_least=1)
         for c in more:
             c.ping(reconnect=False)
