@@ -21,7 +21,7 @@ from .. import logs
 from ..app import Baton
 from ..config import Config
 from ..health.timeline import ClientOutcome
-from .channel import Channel
+from .channel import Channel, ChannelClosed
 from .messages import (
     BusyOn,
     ClientRow,
@@ -78,7 +78,11 @@ class WorkerBaton(Baton):
         await self.channel.request(KillQuery(backend, thread_id), KILL_QUERY_TIMEOUT_S)
 
     async def kill_elsewhere(self, client_id: int, user: str, query_only: bool) -> bool | None:
-        answer = await self.channel.request(KillSession(client_id, user, query_only), KILL_QUERY_TIMEOUT_S * 2)
+        try:
+            answer = await self.channel.request(KillSession(client_id, user, query_only), KILL_QUERY_TIMEOUT_S * 2)
+        except (ChannelClosed, TimeoutError, RuntimeError) as exc:  # the brain or the other worker is gone
+            log.warning("kill_elsewhere_failed client=%s error=%r", client_id, exc)
+            return None
         return answer if isinstance(answer, bool) else None
 
     async def kill_here(self, request: KillSession) -> bool | None:
