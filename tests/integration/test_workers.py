@@ -320,3 +320,17 @@ def test_reload_moving_the_proxy_address_moves_every_worker_or_none(
     for c in moved + kept:  # sessions from before the move carry on
         c.ping(reconnect=False)
         c.close()
+
+
+def test_a_taken_proxy_port_stops_the_start_with_a_clear_error(
+    sandbox: ReplicationSandbox, tmp_path: Any
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        admin, metrics = free_ports(2)
+        proc = BatonProcess(sandbox.config_toml(port, admin, metrics, proxy={"workers": WORKERS}),
+                            workdir=tmp_path / "baton")
+        with pytest.raises(RuntimeError, match="Baton exited with 1") as caught:
+            proc.start(timeout=30)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(caught.value)
+    assert not _accepts(admin), "the brain stopped too"
