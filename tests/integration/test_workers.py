@@ -334,3 +334,23 @@ def test_a_taken_proxy_port_stops_the_start_with_a_clear_error(
             proc.start(timeout=30)
     assert f"cannot listen on 127.0.0.1:{port}" in str(caught.value)
     assert not _accepts(admin), "the brain stopped too"
+
+
+def test_the_client_cap_is_divided_so_the_configured_total_holds(
+    baton: Callable[..., BatonProcess], sandbox: ReplicationSandbox
+) -> None:
+    proc = start(baton, sandbox, proxy={"max_client_connections": 5})  # shares: 3 and 2
+    accepted: list[pymysql.Connection] = []
+    refused = []
+    try:
+        for _ in range(40):  # enough for the kernel to have tried both workers many times
+            try:
+                accepted.append(connect(proc))
+            except pymysql.err.OperationalError as exc:
+                refused.append(exc.args[0])
+        per_worker = sorted(sum(1 for c in accepted if worker_of(c) == w) for w in range(WORKERS))
+        assert per_worker == [2, 3], per_worker
+        assert set(refused) == {1040} and len(refused) == 40 - 5
+    finally:
+        for c in accepted:
+            c.close()
