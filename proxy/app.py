@@ -141,15 +141,25 @@ class Baton:
 
     def replica_has(self, name: str, gtid: str) -> bool:
         """Does the monitor already know this replica applied ``gtid``? (saves a wait)"""
-        monitor = self.monitor
-        if monitor is None:
+        position = self.gtid_slave_pos(name)
+        if position is None:
             return False
         try:
-            applied = parse_gtid_list(monitor.health(name).gtid_slave_pos or "")
+            applied = parse_gtid_list(position)
             wanted = parse_gtid_list(gtid)
-        except (GtidError, KeyError):
+        except GtidError:
             return False
         return all(d in applied and applied[d].seq >= g.seq for d, g in wanted.items())
+
+    def gtid_slave_pos(self, name: str) -> str | None:
+        """What the monitor last saw ``name`` apply; None when it does not know."""
+        monitor = self.monitor
+        if monitor is None:
+            return None
+        try:
+            return monitor.health(name).gtid_slave_pos
+        except KeyError:
+            return None
 
     def promotion_possible(self) -> bool:
         """Could a writable master appear soon? Holding statements only makes sense if so:

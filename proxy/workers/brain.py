@@ -327,7 +327,11 @@ class Brain:
 
     def _state(self) -> TopologyState:
         writers = self.core.split_brain_writers()
-        return TopologyState(self.core.topology.snapshot(), self._source, tuple(writers) if writers else None)
+        monitor = self.core.monitor
+        positions = tuple((h.name, h.gtid_slave_pos) for h in monitor.all_health()) if monitor is not None else ()
+        return TopologyState(
+            self.core.topology.snapshot(), self._source, tuple(writers) if writers else None, positions
+        )
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, MasterPromoted):
@@ -336,16 +340,16 @@ class Brain:
 
     def _push_topology(self) -> None:
         state = self._state()
-        self._sent = (comparable(state.snapshot), state.split_brain)
+        self._sent = (comparable(state.snapshot), state.split_brain, state.gtid_slave_pos)
         self._broadcast(TopologyChanged(state))
 
     async def _recheck_topology(self) -> None:
-        """Observations that publish no event (read_only seen, fencing ended) reach the
-        workers too."""
+        """Observations that publish no event (read_only seen, fencing ended, replicas'
+        GTID positions for read-your-writes) reach the workers too."""
         while not self.stopping:
             await asyncio.sleep(TOPOLOGY_RECHECK_S)
             state = self._state()
-            if (comparable(state.snapshot), state.split_brain) != self._sent:
+            if (comparable(state.snapshot), state.split_brain, state.gtid_slave_pos) != self._sent:
                 self._push_topology()
 
     def _broadcast(self, message: object) -> None:

@@ -47,6 +47,7 @@ class TopologyState:
     snapshot: TopologySnapshot
     source: str  # who made the current epoch's master (MasterPromoted.source)
     split_brain: tuple[str, ...] | None  # FailoverCoordinator.split_brain
+    gtid_slave_pos: tuple[tuple[str, str], ...] = ()  # (backend, position) as the monitor saw
 
 
 @dataclass(frozen=True, slots=True)

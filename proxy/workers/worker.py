@@ -60,6 +60,7 @@ class WorkerBaton(Baton):
         self.count = hello.count
         self.channel = channel
         self._split_brain: tuple[str, ...] | None = hello.topology.split_brain
+        self._gtids = dict(hello.topology.gtid_slave_pos)
         super().__init__(worker_config(hello.config, hello.index, hello.count))
         self._ids = connection_ids(hello.index, hello.count, hello.generation)
         self.context.server_version = hello.server_version
@@ -102,8 +103,8 @@ class WorkerBaton(Baton):
             session.kill("KILL from a client of another worker")
         return True
 
-    def replica_has(self, name: str, gtid: str) -> bool:
-        return False  # the monitor's GTID positions are the brain's: causal reads wait instead
+    def gtid_slave_pos(self, name: str) -> str | None:
+        return self._gtids.get(name)  # the brain's monitor's, as of its last push
 
     def split_brain_writers(self) -> Collection[str] | None:
         return self._split_brain
@@ -152,6 +153,7 @@ class WorkerBaton(Baton):
 
     def _follow(self, state: TopologyState) -> None:
         self._split_brain = state.split_brain
+        self._gtids = dict(state.gtid_slave_pos)
         follow(self.topology, state.snapshot, state.source)
 
     async def _reload_from_brain(self, config: Config, state: TopologyState) -> None:

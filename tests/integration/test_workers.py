@@ -19,6 +19,7 @@ import pytest
 
 from proxy.sandbox import ReplicationSandbox, free_ports
 from proxy.sandbox.baton_process import BatonProcess, _accepts, admin_rows, wait_for
+from tests.support.clients import scratch_table
 from tests.support.prometheus import scrape, value
 
 WORKERS = 2
@@ -354,3 +355,28 @@ def test_the_client_cap_is_divided_so_the_configured_total_holds(
     finally:
         for c in accepted:
             c.close()
+
+
+def test_read_your_writes_holds_on_every_worker(
+    baton: Callable[..., BatonProcess], sandbox: ReplicationSandbox
+) -> None:
+    """Causal reads in a worker use the GTID positions the brain's monitor pushes, or wait on
+    the replica: either way a session reads its own writes."""
+    proc = start(baton, sandbox, routing={"consistency": "session"})
+    with scratch_table(sandbox, "id INT PRIMARY KEY") as table:
+        conns = open_on_both(proc, at_least=1)
+        try:
+            for n in range(30):
+                c = conns[n % len(conns)]
+                with c.cursor() as cur:
+                    cur.execute(f"INSERT INTO {table} VALUES ({n})")
+                    cur.execute(f"SELECT COUNT(*), @@server_id FROM {table} WHERE id = {n}")
+                    count, server = cur.fetchone()
+                    assert count == 1, f"write {n} not seen on server {server}"
+        finally:
+            for c in conns:
+                c.close()
+    stats = {r["variable"]: r["value"] for r in admin_rows(proc, "SHOW STATS")}
+    reads_on_replicas = sum(int(v) for k, v in stats.items()
+                            if k.startswith("queries.") and not k.startswith("queries.db1."))
+    assert reads_on_replicas > 0, "the reads went to replicas, not all to the master"
