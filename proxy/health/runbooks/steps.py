@@ -20,7 +20,7 @@ from proxy.health.timeline import FailoverRecord
 
 # Test-only fault point: BATON_TEST_CRASH_AFTER=set_writable makes the process exit (137, as
 # after SIGKILL) right after it set a promotion target read_only=0, before it repointed
-# anyone or published the promotion. tests/test_ha_takeover.py kills the lease holder so.
+# anyone or published the promotion. tests/adversity/test_ha_takeover.py kills the lease holder so.
 _CRASH_AFTER = os.environ.get("BATON_TEST_CRASH_AFTER", "")
 
 
