@@ -45,8 +45,9 @@ BACKEND_COLUMNS = (
     "conn_used", "conn_idle", "queries", "errors", "last_check", "can", "cannot", "note",
 )
 POOL_COLUMNS = ("backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused")
-# state: login (handshake not finished), active (a statement runs), in-transaction (idle inside
-# a transaction) or idle.
+# state: login (handshake not finished), waiting (a command held before any backend: for a pool
+# connection, a failover, PAUSE), active (a command is served), in-transaction (idle inside a
+# transaction) or idle.
 CLIENT_COLUMNS = ("id", "user", "address", "link", "schema", "state", "backends", "pinned", "idle_ms")
 STAT_COLUMNS = ("variable", "value")
 # The failover timeline's rows (proxy.health.timeline.Timeline.as_rows) decide the columns;

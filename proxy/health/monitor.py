@@ -1,28 +1,22 @@
 """Probing the backends: liveness, clean connects, replication state and sub-second lag.
 
-The I/O half of health. Each backend gets its own connections under the [monitor] account
-and three loops:
+The I/O half of health. Each backend gets a `Watch` (proxy.health.watch: its connections
+under the [monitor] account, its FailureDetector, its last sample) and three loops:
 
-- liveness, every `interval_ms`: COM_PING on a kept-open connection (reconnecting when it
-  breaks). A probe fails if no answer comes within `timeout_ms`. One request is in flight
-  at a time: while a ping or handshake is unanswered, later probes wait on the same answer
-  instead of piling connections onto a hung server, and each probe that waited past its
-  timeout counts as one failure. So a hung (SIGSTOPped) server is SHUNNED
-  `timeout_ms + (failure_threshold - 1) * interval_ms` after the first probe it left
-  unanswered (up to one interval more after it hung), a killed one (connection refused at
-  once) after `failure_threshold` probes. Defaults: about 1.0-1.25 s and 0.5-0.75 s.
-- a fresh connect + login + COM_QUIT every `connect_interval_ms`: catches a server that
-  takes no new connections while old ones still work.
-- replication state every `replication_interval_ms`: read_only, GTID positions, semi-sync
-  roles, SHOW SLAVE STATUS; this feeds Topology.observe and the lag verdicts.
+- liveness, every `interval_ms`, and a fresh connect + login + COM_QUIT every
+  `connect_interval_ms` (proxy.health.liveness: how a hung or refusing server is told
+  from a slow one);
+- replication state every `replication_interval_ms` (proxy.health.replication_state):
+  read_only, GTID positions, semi-sync roles, SHOW SLAVE STATUS; this feeds
+  Topology.observe and the lag verdicts.
 
-Health checks must never hurt the server (haproxy #2934: aborted handshakes until the host
-is blocked with error 1129). Every handshake Baton starts runs to completion: a handshake
-that is slow is counted as a failed probe but is left to finish (then closed with COM_QUIT)
-rather than cut off, which the server would count in Aborted_connects.
+This class owns the watches and their lifecycle (start, stop, reload) and answers the rest
+of Baton: health snapshots, the election's input, fresh samples on demand, and the one
+connection per backend the failover runbooks run their statements on.
 
-Verdicts come from one pure FailureDetector per backend; this module only feeds it and
-forwards its state changes to the Topology.
+Health checks must never hurt the server: every handshake Baton starts runs to completion
+(see proxy.health.watch). Verdicts come from one pure FailureDetector per backend; the
+monitor only feeds it and forwards its state changes to the Topology.
 """
 
 from __future__ import annotations
@@ -30,120 +24,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.backend import (
-    BackendConnection,
-    BackendError,
-    Credentials,
-    QueryError,
-    QueryResult,
-    await_login,
-    connect,
-)
+from proxy.backend import BackendError, QueryResult
 from proxy.config import BackendConfig, MonitorConfig
 from proxy.health.detector import FailureDetector
 from proxy.health.election import ReplicaStatus
-from proxy.health.samples import VARIABLES, ReplicationSample, estimate_lag, parse_sample
-from proxy.health.states import BackendState, StateChange
+from proxy.health.liveness import LivenessProbes
+from proxy.health.replication_state import ReplicationReader
+from proxy.health.states import BackendState
 from proxy.health.topology import Topology, TopologyError
-from proxy.protocol.constants import Command
-from proxy.tls import backend_security
+from proxy.health.watch import BackendHealth, Watch, apply_change, log_in
+
+# BackendHealth is re-exported: the rest of Baton reads a backend's health from here.
+__all__ = ["BackendHealth", "Monitor", "cancel_all"]
 
 log = logging.getLogger("baton.monitor")
 
-# How long a handshake may take before Baton gives up on it. Far beyond any probe timeout on
-# purpose: the probe has long been counted as failed by then; the handshake is only kept
-# going so that a hung server that wakes up sees a complete login, not an aborted one.
-HANDSHAKE_PATIENCE_S = 60.0
-# Logins a server may still be working on before the monitor stops opening new ones.
-MAX_UNFINISHED_LOGINS = 2
-
-# Master GTID positions kept for lag estimates. Lag beyond this window is still reported,
-# as at least the window (and Seconds_Behind_Master takes over).
-POSITION_HISTORY_S = 600.0
-
-_ER_UNKNOWN_SYSTEM_VARIABLE = 1193
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-@dataclass(frozen=True)
-class BackendHealth:
-    """What the monitor knows about one backend, for the admin port and for failover.
-
-    Times are on the monitor's clock. Replication fields come from the last successful
-    replication sample (`replication_checked_at`); `master_host` is None when the server
-    replicates from nobody.
-    """
-
-    name: str
-    address: str
-    state: BackendState
-    alive: bool  # the last liveness probe succeeded
-    last_check_at: float | None
-    last_error: str | None
-    latency_ms: float | None
-    checks: int
-    failures: int
-    replication_checked_at: float | None = None
-    read_only: bool | None = None
-    server_id: int | None = None
-    gtid_binlog_pos: str = ""
-    gtid_current_pos: str = ""
-    gtid_slave_pos: str = ""
-    gtid_io_pos: str = ""
-    io_state: str | None = None  # Slave_IO_Running: "Yes", "No", "Connecting"
-    io_running: bool = False
-    sql_running: bool = False
-    master_host: str | None = None
-    master_port: int | None = None
-    master_name: str | None = None  # the configured backend at master_host:master_port
-    seconds_behind_master: int | None = None
-    lag_s: float | None = None
-    semi_sync_master: bool | None = None
-    semi_sync_slave: bool | None = None
-
-    @property
-    def is_replica(self) -> bool:
-        return self.master_host is not None
-
-
-@dataclass(eq=False)
-class _Watch:
-    """Everything the monitor keeps for one backend."""
-
-    cfg: BackendConfig
-    detector: FailureDetector
-    ping_conn: BackendConnection | None = None
-    state_conn: BackendConnection | None = None
-    exec_conn: BackendConnection | None = None
-    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    exec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # Logins whose caller gave up (stop, reload, its wait ran out): they finish and quit.
-    orphans: set[asyncio.Task[BackendConnection]] = field(default_factory=set)
-    alive: bool = False
-    stopping: bool = False
-    checks: int = 0
-    failures: int = 0
-    last_check_at: float | None = None
-    last_error: str | None = None
-    sample: ReplicationSample | None = None
-    master_name: str | None = None
-    lag_s: float | None = None
-    # (first seen at, gtid_binlog_pos) for each distinct position, oldest first.
-    positions: deque[tuple[float, str]] = field(default_factory=deque)
-
-    def close(self) -> None:
-        for conn in (self.ping_conn, self.state_conn, self.exec_conn):
-            if conn is not None:
-                conn.close()
-        self.ping_conn = self.state_conn = self.exec_conn = None
-
 
 class Monitor:
+    """The watches of every configured backend, and what the rest of Baton asks of them."""
+
     def __init__(
         self,
         backends: Sequence[BackendConfig],
@@ -157,10 +59,20 @@ class Monitor:
         self._topology = topology
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
-        self._watches: dict[str, _Watch] = {}
+        self._watches: dict[str, Watch] = {}
         self._listeners: list[Callable[[BackendHealth], None]] = []
         self._running = False
-        self._semi_sync_vars = True  # False once a server says it has no such variables
+        self._liveness = LivenessProbes(
+            cfg, topology, connect_timeout_s=connect_timeout_s, clock=clock
+        )
+        self._replication = ReplicationReader(
+            cfg,
+            topology,
+            self._watches,
+            self._listeners,
+            connect_timeout_s=connect_timeout_s,
+            clock=clock,
+        )
         for b in backends:
             self._watches[b.name] = self._new_watch(b)
 
@@ -184,6 +96,7 @@ class Monitor:
         reports into the Topology by name.
         """
         self._cfg = cfg
+        self._liveness.cfg = self._replication.cfg = cfg
         wanted = {b.name: b for b in backends}
         for name in [n for n in self._watches if n not in wanted]:
             asyncio.ensure_future(self._stop_watch(self._watches.pop(name)))
@@ -206,16 +119,20 @@ class Monitor:
                 w.positions.clear()
                 log.info("monitor_backend_moved backend=%s address=%s", name, b.address)
 
-    def _new_watch(self, b: BackendConfig) -> _Watch:
-        return _Watch(b, FailureDetector(self._cfg.failure_threshold, self._clock))
+    def _new_watch(self, b: BackendConfig) -> Watch:
+        return Watch(b, FailureDetector(self._cfg.failure_threshold, self._clock))
 
-    def _start_watch(self, w: _Watch) -> None:
+    def _start_watch(self, w: Watch) -> None:
         w.tasks = [
             asyncio.ensure_future(loop(w))
-            for loop in (self._liveness_loop, self._connect_probe_loop, self._replication_loop)
+            for loop in (
+                self._liveness.liveness_loop,
+                self._liveness.connect_probe_loop,
+                self._replication.loop,
+            )
         ]
 
-    async def _stop_watch(self, w: _Watch) -> None:
+    async def _stop_watch(self, w: Watch) -> None:
         w.stopping = True
         await cancel_all(w.tasks)
         for task in w.tasks:
@@ -234,10 +151,10 @@ class Monitor:
         return list(self._watches)
 
     def health(self, name: str) -> BackendHealth:
-        return self._health(self._get(name))
+        return self._get(name).health()
 
     def all_health(self) -> list[BackendHealth]:
-        return [self._health(w) for w in self._watches.values()]
+        return [w.health() for w in self._watches.values()]
 
     def replica_statuses(self) -> list[ReplicaStatus]:
         """Every backend but the current master, as election.choose_candidate wants them.
@@ -291,8 +208,8 @@ class Monitor:
         A backend whose liveness probes are failing is not asked; its health says so.
         """
         w = self._get(name)
-        await self._sample(w)
-        return self._health(w)
+        await self._replication.sample(w)
+        return w.health()
 
     async def execute(self, name: str, sql: str, timeout: float) -> QueryResult:
         """Run one statement on `name` through the monitor's own connection for actions.
@@ -304,7 +221,7 @@ class Monitor:
         async with w.exec_lock:
             conn = w.exec_conn
             if conn is None or not conn.alive:
-                conn = w.exec_conn = await self._connect(w, self._connect_timeout_s)
+                conn = w.exec_conn = await log_in(w, self._cfg, self._connect_timeout_s)
             try:
                 return await conn.query(sql, timeout=timeout)
             except BackendError:
@@ -322,298 +239,15 @@ class Monitor:
     def set_admin_state(self, name: str, state: BackendState) -> None:
         """OFFLINE_SOFT / OFFLINE_HARD / ONLINE from an admin or from fencing."""
         w = self._get(name)
-        self._apply(w, w.detector.set_admin_state(state))
-
-    # -- liveness -----------------------------------------------------------------------------
-
-    async def _liveness_loop(self, w: _Watch) -> None:
-        waiting: deque[float] = deque()  # issue times of probes waiting on `request`
-        request: asyncio.Task[str | None] | None = None
-        started = 0.0
-        next_tick = self._clock()
-        try:
-            while not w.stopping:
-                interval = self._cfg.interval_ms / 1000
-                timeout = self._cfg.timeout_ms / 1000
-                now = self._clock()
-                if now >= next_tick:
-                    waiting.append(now)
-                    next_tick += interval
-                    if next_tick <= now:
-                        next_tick = now + interval
-                    if request is None:
-                        started = now
-                        request = asyncio.ensure_future(self._liveness_request(w))
-                wake = min(next_tick, waiting[0] + timeout) if waiting else next_tick
-                delay = max(0.0, wake - self._clock())
-                if request is not None:
-                    await asyncio.wait({request}, timeout=delay)
-                else:
-                    await asyncio.sleep(delay)
-                now = self._clock()
-                if request is not None and request.done():
-                    error = request.result()
-                    request = None
-                    # One answer is one observation, however many probes waited on it: a
-                    # single dropped connection must not count as several failures.
-                    if waiting:
-                        waiting.clear()
-                        if error is None:
-                            self._record_success(w, now - started)
-                        else:
-                            self._record_failure(w, error)
-                while waiting and now - waiting[0] >= timeout:
-                    waiting.popleft()
-                    self._record_failure(w, f"no answer within {self._cfg.timeout_ms} ms")
-        finally:
-            if request is not None:
-                request.cancel()
-
-    async def _liveness_request(self, w: _Watch) -> str | None:
-        """One ping (or, with no usable connection, one handshake). None on success."""
-        try:
-            conn = w.ping_conn
-            if conn is not None and conn.alive:
-                # A ping unanswered for the whole failure window is abandoned: a silently
-                # dropped connection must not keep a healthy server SHUNNED.
-                give_up = self._cfg.timeout_ms * max(1, self._cfg.failure_threshold) / 1000
-                tracker = await conn.command(Command.PING, timeout=give_up)
-                if tracker.error is not None:
-                    return f"ping refused: {tracker.error}"
-                return None
-            w.ping_conn = None
-            w.ping_conn = await self._connect(w, HANDSHAKE_PATIENCE_S)
-            return None
-        except BackendError as e:
-            w.ping_conn = None
-            return e.reason
-        except Exception as e:  # never let one odd failure stop the probing
-            w.ping_conn = None
-            return f"{type(e).__name__}: {e}"
-
-    async def _connect_probe_loop(self, w: _Watch) -> None:
-        while not w.stopping:
-            await asyncio.sleep(self._cfg.connect_interval_ms / 1000)
-            if not w.alive:
-                continue  # the liveness loop is reconnecting already
-            started = self._clock()
-            handshake = asyncio.ensure_future(self._connect(w, HANDSHAKE_PATIENCE_S))
-            try:
-                done, _ = await asyncio.wait({handshake}, timeout=self._connect_timeout_s)
-                if not done:
-                    self._record_failure(
-                        w,
-                        f"new connection not logged in within {self._connect_timeout_s * 1000:.0f} ms",
-                    )
-                try:
-                    conn = await handshake
-                except BackendError as e:
-                    if done:
-                        self._record_failure(w, f"new connection failed: {e.reason}")
-                    continue
-                conn.close()  # COM_QUIT: a clean disconnect, not an aborted one
-                if done:
-                    self._record_success(w, self._clock() - started)
-            finally:
-                handshake.cancel()
-
-    def _record_success(self, w: _Watch, latency_s: float) -> None:
-        w.checks += 1
-        w.alive = True
-        w.last_check_at = self._clock()
-        self._apply(w, w.detector.record_success(latency_s))
-
-    def _record_failure(self, w: _Watch, reason: str) -> None:
-        w.checks += 1
-        w.failures += 1
-        w.alive = False
-        w.last_check_at = self._clock()
-        w.last_error = reason
-        self._apply(w, w.detector.record_failure(reason))
-
-    def _apply(self, w: _Watch, change: StateChange | None) -> None:
-        if change is None:
-            return
-        log.log(
-            logging.WARNING if change.new is BackendState.SHUNNED else logging.INFO,
-            "backend_state backend=%s old=%s new=%s reason=%r",
-            w.cfg.name,
-            change.old.value,
-            change.new.value,
-            change.reason,
-        )
-        try:
-            self._topology.apply_state_change(w.cfg.name, change)
-        except TopologyError as e:
-            log.debug("topology_skipped backend=%s reason=%s", w.cfg.name, e)
-
-    # -- replication --------------------------------------------------------------------------
-
-    async def _replication_loop(self, w: _Watch) -> None:
-        while not w.stopping:
-            try:
-                await self._sample(w)
-            except Exception:
-                log.exception("replication_sample_failed backend=%s", w.cfg.name)
-            await asyncio.sleep(self._cfg.replication_interval_ms / 1000)
-
-    async def _sample(self, w: _Watch) -> bool:
-        async with w.state_lock:
-            if not w.alive:
-                return False
-            timeout = self._cfg.timeout_ms / 1000
-            sent_at = self._clock()
-            try:
-                conn = w.state_conn
-                if conn is None or not conn.alive:
-                    conn = w.state_conn = await self._connect(w, self._connect_timeout_s)
-                variables = await self._read_variables(conn, timeout)
-                slave = await conn.query("SHOW SLAVE STATUS", timeout=timeout)
-            except BackendError as e:
-                w.state_conn = None
-                w.last_error = f"replication state: {e.reason}"
-                return False
-            except QueryError as e:
-                w.last_error = f"replication state: {e}"
-                return False
-            sample = parse_sample(sent_at, self._clock(), variables, slave)
-            w.sample = sample
-        self._absorb(w, sample)
-        return True
-
-    async def _read_variables(self, conn: BackendConnection, timeout: float) -> QueryResult:
-        if self._semi_sync_vars:
-            try:
-                return await conn.query("SELECT " + ", ".join(VARIABLES), timeout=timeout)
-            except QueryError as e:
-                if e.err.code != _ER_UNKNOWN_SYSTEM_VARIABLE:
-                    raise
-                self._semi_sync_vars = False  # no semi-sync on this server: stop asking
-        return await conn.query("SELECT " + ", ".join(VARIABLES[:5]), timeout=timeout)
-
-    def _absorb(self, w: _Watch, s: ReplicationSample) -> None:
-        """Turn a sample into position history, a lag verdict and a topology observation."""
-        name = w.cfg.name
-        history = w.positions
-        if not history or history[-1][1] != s.gtid_binlog_pos:
-            history.append((s.received_at, s.gtid_binlog_pos))
-        while len(history) > 1 and history[0][0] < s.received_at - POSITION_HISTORY_S:
-            history.popleft()
-
-        w.master_name = (
-            self._backend_at(s.master_host, s.master_port or 0) if s.master_host else None
-        )
-        limit_s = w.cfg.max_replication_lag_ms / 1000
-        if s.master_host is not None and name != self._topology.master:
-            master = self._watches.get(w.master_name) if w.master_name else None
-            w.lag_s = estimate_lag(s, master.positions if master else None)
-        else:
-            w.lag_s = 0.0  # a master has no lag: clears a verdict left from its replica days
-        self._apply(w, w.detector.record_lag(w.lag_s, limit_s))
-        replicating_from = w.master_name or (
-            f"{s.master_host}:{s.master_port}" if s.master_host else None
-        )
-        try:
-            self._topology.observe(name, s.read_only, replicating_from, lag_s=w.lag_s)
-        except TopologyError as e:
-            log.debug("topology_skipped backend=%s reason=%s", name, e)
-        health = self._health(w)
-        for callback in tuple(self._listeners):
-            try:
-                callback(health)
-            except Exception:
-                log.exception("sample_listener_failed backend=%s", name)
-
-    def _backend_at(self, host: str, port: int) -> str | None:
-        host = host.lower()
-        for name, w in self._watches.items():
-            if w.cfg.port != port:
-                continue
-            mine = w.cfg.host.lower()
-            if mine == host or (mine in _LOOPBACK and host in _LOOPBACK):
-                return name
-        return None
+        apply_change(w, w.detector.set_admin_state(state), self._topology)
 
     # -- helpers ------------------------------------------------------------------------------
 
-    async def _connect(self, w: _Watch, wait_s: float) -> BackendConnection:
-        """Log in to the backend, waiting ``wait_s``.
-
-        A login the caller gives up on (its wait ran out, monitor stop, backend removed on
-        reload) is not cut short (see `await_login`): it goes on for up to
-        HANDSHAKE_PATIENCE_S and quits with COM_QUIT; `_stop_watch` waits for those, bounded.
-        A server still busy with earlier logins gets no new one: another socket would not
-        make it answer sooner.
-        """
-        b = w.cfg
-        if len(w.orphans) >= MAX_UNFINISHED_LOGINS:
-            raise BackendError(b.name, f"{len(w.orphans)} earlier logins still unfinished")
-        login = asyncio.ensure_future(
-            connect(
-                b.name,
-                b.host,
-                b.port,
-                Credentials(self._cfg.user, self._cfg.password.encode(), None),
-                timeout=HANDSHAKE_PATIENCE_S,
-                security=backend_security(b),
-                attributes={"_client_name": "baton", "program_name": "baton-monitor"},
-            )
-        )
-        try:
-            return await await_login(b.name, login, _quit_if_logged_in, wait_s)
-        except (asyncio.CancelledError, BackendError):
-            if not login.done():  # abandoned: stop() waits for it, new logins count it
-                w.orphans.add(login)
-                login.add_done_callback(w.orphans.discard)
-            raise
-
-    def _get(self, name: str) -> _Watch:
+    def _get(self, name: str) -> Watch:
         try:
             return self._watches[name]
         except KeyError:
             raise KeyError(f"unknown backend {name!r}") from None
-
-    def _health(self, w: _Watch) -> BackendHealth:
-        d = w.detector
-        s = w.sample
-        base = {
-            "name": w.cfg.name,
-            "address": w.cfg.address,
-            "state": d.state,
-            "alive": w.alive,
-            "last_check_at": w.last_check_at,
-            "last_error": w.last_error,
-            "latency_ms": None if d.last_latency_s is None else d.last_latency_s * 1000,
-            "checks": w.checks,
-            "failures": w.failures,
-        }
-        if s is None:
-            return BackendHealth(**base)  # type: ignore[arg-type]
-        return BackendHealth(
-            **base,  # type: ignore[arg-type]
-            replication_checked_at=s.received_at,
-            read_only=s.read_only,
-            server_id=s.server_id,
-            gtid_binlog_pos=s.gtid_binlog_pos,
-            gtid_current_pos=s.gtid_current_pos,
-            gtid_slave_pos=s.gtid_slave_pos,
-            gtid_io_pos=s.gtid_io_pos,
-            io_state=s.io_state,
-            io_running=s.io_state == "Yes",
-            sql_running=s.sql_running,
-            master_host=s.master_host,
-            master_port=s.master_port,
-            master_name=w.master_name,
-            seconds_behind_master=s.seconds_behind_master,
-            lag_s=w.lag_s,
-            semi_sync_master=s.semi_sync_master,
-            semi_sync_slave=s.semi_sync_slave,
-        )
-
-
-def _quit_if_logged_in(login: asyncio.Future[BackendConnection]) -> None:
-    if not login.cancelled() and login.exception() is None:
-        login.result().close()  # COM_QUIT
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:

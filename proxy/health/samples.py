@@ -1,6 +1,6 @@
 """Replication state as the monitor reads it: parsing and sub-second lag, without I/O.
 
-The monitor (health/monitor.py) sends two queries per sample, ``SELECT`` of `VARIABLES` and
+The monitor (health/replication_state.py) sends two queries per sample, ``SELECT`` of `VARIABLES` and
 ``SHOW SLAVE STATUS``, and hands both results to `parse_sample`; `estimate_lag` then compares
 the replica's sample with the master's position history. Both are pure, so they are tested
 directly with values, not through a server.

@@ -34,7 +34,7 @@ from ..tls import TLSTransport
 from .commands import Commands
 from .context import SessionContext
 from .leases import Why
-from .state import COMMAND_STATES, ClientState
+from .state import COMMAND_STATES, ClientState, shown_activity
 
 log = logging.getLogger("baton.client")
 
@@ -225,15 +225,8 @@ class ClientSession(Commands):
 
     @property
     def activity(self) -> str:
-        """For SHOW CLIENTS: login, active (a command is being served), in-transaction, idle."""
-        state = self.client_state
-        if state is _S.LOGIN:
-            return "login"
-        if state is not _S.IDLE and state is not _S.CLOSED:
-            return "active"
-        if self.routing.in_transaction:
-            return "in-transaction"
-        return "idle"
+        """For SHOW CLIENTS: login, waiting, active, in-transaction or idle (shown_activity)."""
+        return shown_activity(self.client_state, self.routing.in_transaction)
 
     @property
     def schema(self) -> str | None:

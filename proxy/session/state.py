@@ -49,6 +49,21 @@ _MOVES: dict[ClientState, frozenset[ClientState]] = {
 COMMAND_STATES = frozenset({_S.IDLE, _S.WAITING, _S.ACTIVE})
 
 
+# What SHOW CLIENTS says a session does (pgbouncer's words). "waiting": a command has not
+# reached a backend yet (a pool connection, a master during a failover hold, a PAUSE, a
+# replica catching up for a causal read); "active": it is being served. Between commands a
+# session is "in-transaction" or "idle".
+_SHOWN = {_S.LOGIN: "login", _S.WAITING: "waiting", _S.ACTIVE: "active", _S.INFILE: "active"}
+
+
+def shown_activity(state: ClientState, in_transaction: bool) -> str:
+    """The state column of SHOW CLIENTS for a session in ``state``."""
+    shown = _SHOWN.get(state)
+    if shown is not None:
+        return shown
+    return "in-transaction" if in_transaction else "idle"
+
+
 class ImpossibleTransition(RuntimeError):
     """A bug: the session was asked to move where its current state cannot go."""
 

@@ -3,7 +3,7 @@
 Three Baton instances in auto mode share one Redis in front of a MariaDB master + 2 replicas.
 The master is killed; the instance that takes the failover lease sets the chosen replica
 writable and is then killed on the spot (test-only fault point BATON_TEST_CRASH_AFTER=
-set_writable, see proxy/health/failover.py: os._exit(137) right after read_only=0, before
+set_writable, see proxy/health/runbooks/steps.py: os._exit(137) right after read_only=0, before
 repointing or publishing). Every instance has the fault point armed; only the first holder
 reaches it, because a taker adopts the writable replica instead of promoting afresh.
 

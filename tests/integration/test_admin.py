@@ -315,6 +315,59 @@ def test_pause_holds_new_statements_until_resume(proc: BatonProcess) -> None:
         admin.close()
 
 
+def test_show_clients_says_waiting_for_a_held_statement_and_active_for_a_running_one(
+    proc: BatonProcess,
+) -> None:
+    """A statement PAUSE holds has not reached any backend: the DBA must see it waiting,
+    not active, beside one that runs on a backend."""
+    held, running = app_connect(proc), app_connect(proc)
+    admin = admin_connect(proc)
+    outcome: dict[str, Any] = {}
+
+    def run(conn: pymysql.Connection, sql: str) -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                outcome[sql] = cur.fetchone()
+        except Exception as exc:  # recorded for the assertion below
+            outcome[sql] = exc
+
+    def state_of(thread_id: int) -> str | None:
+        rows = admin_rows(proc, f"SELECT state FROM clients WHERE id = {thread_id}")
+        return rows[0]["state"] if rows else None
+
+    threads: list[threading.Thread] = []
+    try:
+        for conn in (held, running):
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        assert state_of(held.thread_id()) == state_of(running.thread_id()) == "idle"
+        threads.append(threading.Thread(target=run, args=(running, "SELECT SLEEP(5)")))
+        threads[-1].start()
+        wait_for(lambda: state_of(running.thread_id()) == "active", what="SLEEP(5) to run")
+        with admin.cursor() as a:
+            a.execute("PAUSE")
+        threads.append(threading.Thread(target=run, args=(held, "SELECT 2")))
+        threads[-1].start()
+        wait_for(lambda: state_of(held.thread_id()) != "idle", what="SELECT 2 to be held")
+        assert state_of(held.thread_id()) == "waiting"
+        assert state_of(running.thread_id()) == "active"  # PAUSE lets running ones finish
+        assert "SELECT 2" not in outcome
+        with admin.cursor() as a:
+            a.execute("RESUME")
+        for t in threads:
+            t.join(10)
+        assert outcome == {"SELECT SLEEP(5)": (0,), "SELECT 2": (2,)}
+        assert state_of(held.thread_id()) == state_of(running.thread_id()) == "idle"
+    finally:
+        with admin.cursor() as a:
+            a.execute("RESUME")
+        for t in threads:
+            t.join(10)
+        for c in (held, running, admin):
+            c.close()
+
+
 def test_offline_soft_drains_a_replica_without_killing_its_query(sandbox: ReplicationSandbox, proc: BatonProcess) -> None:
     db2 = sandbox.instance("db2")
     assert db2 in sandbox.replicas

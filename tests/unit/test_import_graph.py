@@ -52,8 +52,12 @@ LAYERS: dict[str, int] = {
     "proxy.__main__": 8,
     "proxy.sandbox": 8,
 }
-# Within the middle layer, the router may use the health core's pure parts only.
-FORBIDDEN = {("proxy.routing", "proxy.health.monitor"), ("proxy.routing", "proxy.health.failover")}
+# Within the middle layer, the router may use the health core's pure parts only: not the
+# monitor and its probing modules, nor the failover coordinator and its runbooks.
+_HEALTH_IO = (
+    "proxy.health.monitor", "proxy.health.watch", "proxy.health.liveness",
+    "proxy.health.replication_state", "proxy.health.failover", "proxy.health.runbooks",
+)
 
 
 def module_name(path: Path) -> str:
@@ -64,6 +68,12 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+FORBIDDEN = {
+    ("proxy.routing", m)
+    for m in MODULES
+    for io in _HEALTH_IO
+    if m == io or m.startswith(io + ".")
+}
 
 
 def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> list[str]:

@@ -15,6 +15,7 @@ from proxy.session.state import (
     SessionPin,
     SessionRouting,
     next_state,
+    shown_activity,
 )
 
 AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
@@ -156,3 +157,17 @@ def test_every_state_but_closed_can_close() -> None:
 
 def test_commands_queue_only_once_logged_in() -> None:
     assert COMMAND_STATES == {S.IDLE, S.WAITING, S.ACTIVE}
+
+
+def test_show_clients_says_waiting_only_while_a_command_has_no_backend_yet() -> None:
+    shown = {state: shown_activity(state, in_transaction=False) for state in ClientState}
+    assert shown == {
+        S.LOGIN: "login",
+        S.IDLE: "idle",
+        S.WAITING: "waiting",
+        S.ACTIVE: "active",
+        S.INFILE: "active",
+        S.CLOSED: "idle",
+    }
+    assert shown_activity(S.IDLE, in_transaction=True) == "in-transaction"
+    assert shown_activity(S.WAITING, in_transaction=True) == "waiting"  # the command first
