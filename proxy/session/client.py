@@ -27,8 +27,10 @@ from ..protocol.constants import (
     Command,
 )
 from ..protocol.handshake import Authenticated, ServerHandshake
-from ..protocol.packets import HandshakeResponse, encode_handshake_response
+from ..protocol.framing import frame
+from ..protocol.packets import HandshakeResponse, encode_err, encode_handshake_response
 from ..protocol.wire import PayloadReader, ProtocolError
+from ..routing.session_state import StateRestoreError
 from ..server_login import ServerLogin
 from ..tls import TLSTransport
 from .commands import Commands
@@ -141,6 +143,13 @@ class ClientSession(Commands):
             if target is not None:
                 try:
                     await self._connection_for(target)
+                except StateRestoreError as exc:
+                    # COM_INIT_DB on a pooled connection refused the schema: the server's
+                    # own 1049/1044, as a login straight to it would get.
+                    err = exc.server_err
+                    reply = frame(encode_err(err), seq) if err else self._backend_error_frame(exc, seq)
+                    self._fatal(reply, f"login: {exc}")
+                    return
                 except BackendError as exc:
                     self._fatal(self._backend_error_frame(exc, seq), f"login: {exc}")
                     return
