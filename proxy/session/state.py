@@ -111,8 +111,13 @@ class SessionRouting:
 
     @property
     def free_to_move_between_statements(self) -> bool:
-        """Nothing ties the next statement to one backend (transaction, autocommit=0, pins)."""
-        return not self.status & _IN_TRANS and bool(self.status & _AUTOCOMMIT) and not self.pins
+        """Nothing ties the next statement to one backend (an open transaction, pins).
+
+        autocommit=0 does not: the server's IN_TRANS flag says when a transaction is open
+        (with autocommit=0 the first statement after COMMIT opens the next one), and
+        autocommit=0 itself is replayed on the next connection with the session's other SETs.
+        """
+        return not self.status & _IN_TRANS and not self.pins
 
     def responded(self, status: int, backend: str) -> None:
         """A response ended on ``backend`` with these status flags."""

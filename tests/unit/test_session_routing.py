@@ -33,8 +33,12 @@ def test_responses_open_and_close_the_transaction_where_it_runs() -> None:
     assert not s.free_to_move_between_statements
     s.responded(AUTOCOMMIT, "db1")
     assert s.trx_backend is None and not s.in_transaction
-    s.responded(0, "db1")  # SET autocommit=0
-    assert not s.autocommit and not s.free_to_move_between_statements
+    s.responded(0, "db1")  # SET autocommit=0: replayed elsewhere, so nothing ties it
+    assert not s.autocommit and s.free_to_move_between_statements
+    s.responded(int(ServerStatus.IN_TRANS), "db1")  # its next statement opened a transaction
+    assert not s.free_to_move_between_statements and s.trx_backend == "db1"
+    s.responded(0, "db1")  # COMMIT: free again until the next statement opens one
+    assert s.free_to_move_between_statements and s.trx_backend is None
 
 
 def test_temp_table_pins_until_the_last_one_is_dropped() -> None:
