@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pymysql
+
 from perf.bench import RESULTS_DIR, BatonProcess, override_sections, parse_override, say
 from perf.proc_stats import sample
-
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
 
 USER = PASSWORD = "app"

@@ -26,8 +26,8 @@ from ..protocol.constants import (
     Capability,
     Command,
 )
-from ..protocol.handshake import Authenticated, ServerHandshake
 from ..protocol.framing import frame
+from ..protocol.handshake import Authenticated, ServerHandshake
 from ..protocol.packets import HandshakeResponse, encode_err, encode_handshake_response
 from ..protocol.wire import PayloadReader, ProtocolError
 from ..routing.session_state import StateRestoreError
