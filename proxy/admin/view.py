@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..pools import Pools
     from ..routing.router import Router
     from ..stats import Stats
+    from ..user_limits import UserLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class ProxyView(ListenerHost, Protocol):
     def paused(self) -> bool: ...
     @property
     def last_reload(self) -> ReloadResult | None: ...
+    @property
+    def user_limits(self) -> UserLimits: ...
 
     def next_connection_id(self) -> int: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]: ...

@@ -54,6 +54,7 @@ class Execution(StatementEffects):
         self.conns = self.leases.conns  # the same dict: read on every statement
         self.credentials: Credentials | None = None
         self.pool_key: PoolKey | None = None
+        self.user_share = 0  # [[users]] max_backend_connections at login (0: the whole pool)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class Execution(StatementEffects):
         """The session's connection to ``target``, acquiring and preparing one if needed."""
         assert self.credentials is not None and self.pool_key is not None
         return await self.leases.acquire(
-            target, self.pool_key, self.credentials, self.state, self._gone
+            target, self.pool_key, self.credentials, self.state, self._gone, self.user_share
         )
 
     def _gone(self) -> bool:
