@@ -8,9 +8,12 @@ variables. Backend connections are counted on the server, for a user of these te
 
 from __future__ import annotations
 
+import resource
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pymysql
 import pytest
@@ -35,11 +38,12 @@ def mux_user(sandbox: ReplicationSandbox) -> Iterator[str]:
     yield USER
 
 
-def start(baton, sandbox: ReplicationSandbox, pool_size: int) -> BatonProcess:
+def start(baton, sandbox: ReplicationSandbox, pool_size: int, **sections: object) -> BatonProcess:
     return baton(
         sandbox,
         proxy={"max_backend_connections": pool_size},
         users=[{"name": "app", "password": "app"}, {"name": USER, "password": USER}],
+        **sections,
     )
 
 
@@ -177,3 +181,93 @@ def test_an_open_autocommit_off_transaction_keeps_its_connection_until_commit(
         t.join(15)
         assert seen == [(1,)]
     sandbox.master.sql(f"DELETE FROM {TABLE} WHERE id >= 100")
+
+
+# --- the acceptance check: 1,000 DB-API clients over 20 connections -----------------------------
+
+ACCEPTANCE_CLIENTS = 1000
+ACCEPTANCE_POOL = 20
+RAMP_S = 10.0  # logins spread over this long
+RUN_S = 30.0  # from the first login to the end (the ramp included)
+
+
+@dataclass
+class AcceptanceClient:
+    """One DB-API client's run: what it saw (merged after the threads end)."""
+
+    transactions: int = 0
+    errors: list[str] = field(default_factory=list)
+    leaks: list[tuple[object, ...]] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def acceptance_client(
+    proxy: BatonProcess, who: int, start_at: float, end_at: float
+) -> AcceptanceClient:
+    seen = AcceptanceClient()
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    try:
+        with connect(proxy) as conn, conn.cursor() as cur:  # autocommit off, as PyMySQL opens
+            cur.execute("SET @who = %s, SESSION time_zone = %s", (who, f"+0{who % 10}:00"))
+            expected = (who, 0, f"+0{who % 10}:00")
+            next_at = time.monotonic()
+            while next_at < end_at:
+                started = time.monotonic()
+                cur.execute(
+                    f"SELECT @who, @@autocommit, @@session.time_zone FROM {TABLE} WHERE id = 1"
+                )
+                row = cur.fetchone()
+                conn.commit()
+                seen.latencies.append(time.monotonic() - started)
+                seen.transactions += 1
+                if row != expected:
+                    seen.leaks.append(row)
+                next_at += 1.0  # one transaction a second
+                time.sleep(max(0.0, next_at - time.monotonic()))
+    except pymysql.MySQLError as exc:
+        seen.errors.append(f"after {seen.transactions} transactions: {exc.args!r}")
+    return seen
+
+
+@pytest.mark.slow
+def test_a_thousand_autocommit_off_clients_over_twenty_connections(
+    sandbox: ReplicationSandbox, baton, mux_user: str
+) -> None:
+    """The issue's acceptance check: 1,000 PyMySQL clients with the driver's defaults, each
+    running SELECT + COMMIT every second over max_backend_connections = 20: no error, never
+    more than 20 connections on any server (counted by the servers), no session seeing another
+    session's variables (each reads back its own @who, autocommit=0 and time_zone)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    if soft < wanted:  # 1,000 client sockets here, and as many in Baton (which inherits it)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    proxy = start(baton, sandbox, pool_size=ACCEPTANCE_POOL)
+    old_stack = threading.stack_size(512 * 1024)
+    began = time.monotonic()
+    try:
+        end_at = began + RUN_S
+        with ServerConnections(sandbox) as counted, ThreadPoolExecutor(ACCEPTANCE_CLIENTS) as ex:
+            futures = [
+                ex.submit(
+                    acceptance_client, proxy, who, began + RAMP_S * who / ACCEPTANCE_CLIENTS, end_at
+                )
+                for who in range(ACCEPTANCE_CLIENTS)
+            ]
+            results = [f.result() for f in futures]
+    finally:
+        threading.stack_size(old_stack)
+    elapsed = time.monotonic() - began
+    latencies = sorted(x for r in results for x in r.latencies)
+    transactions = sum(r.transactions for r in results)
+    print(
+        f"{ACCEPTANCE_CLIENTS} clients, pool {ACCEPTANCE_POOL}: {transactions} transactions in "
+        f"{elapsed:.1f}s ({transactions / (RUN_S - RAMP_S / 2):.0f}/s), p50 "
+        f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p99 "
+        f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms; peak connections {counted.peak}"
+    )
+    errors = [e for r in results for e in r.errors]
+    assert errors == [], (len(errors), errors[:5])
+    assert [leak for r in results for leak in r.leaks] == []
+    assert all(r.transactions >= 1 for r in results)
+    assert all(n <= ACCEPTANCE_POOL for n in counted.peak.values()), counted.peak
+    assert counted.peak.get(sandbox.master.name, 0) > 0
