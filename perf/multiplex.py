@@ -11,7 +11,8 @@ point of a proxy is that N may be far larger than M. Three runs of --duration se
 
 Each client sets ``@mux_client`` once at login and reads it back in every SELECT: a value from
 another client ("leaks") means a backend connection carried one session's variables to another.
-Connections of user ``app`` on every server are counted from information_schema.PROCESSLIST
+"served" counts the clients that completed at least one transaction (a client stuck waiting for
+a connection completes none). Connections of user ``app`` on every server are counted from information_schema.PROCESSLIST
 every --sample-ms; the table shows the peak. Latency is client-side (SELECT + COMMIT); "wait
 added by pooling" is baton@N minus baton@n. A client whose login or statement fails records the
 error code, closes its connection and logs in again after thinking.
@@ -38,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pymysql
-from bench import RESULTS_DIR, BatonProcess, override_sections, parse_override, say
-from proc_stats import sample
 
+from perf.bench import RESULTS_DIR, BatonProcess, override_sections, parse_override, say
+from perf.proc_stats import sample
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
 
 USER = PASSWORD = "app"
@@ -182,6 +183,7 @@ class RunResult:
     errors: dict[str, int]
     login_errors: dict[str, int]
     logins: int
+    served: int  # clients that completed at least one transaction inside the run
     leaks: int
     latency_ms: dict[str, float | None]
     peak_backend: dict[str, int]
@@ -246,6 +248,7 @@ def run(
         errors=dict(errors),
         login_errors=dict(login_errors),
         logins=sum(s.logins for s in stats),
+        served=sum(1 for s in stats if s.latencies_ms),
         leaks=sum(s.leaks for s in stats),
         latency_ms=percentiles(latencies),
         peak_backend=dict(sampler.peak),
@@ -277,7 +280,7 @@ def format_table(results: list[RunResult], args: argparse.Namespace, servers: li
     lines = [
         f"multiplex  (N={args.clients} clients, think {args.think:g}s, {args.duration}s per run, "
         f"Baton max_backend_connections={args.backend_connections}, autocommit off)",
-        f"  {'run':<14} {'clients':>7} {'tx/s':>7} {'tx':>6} {'errors':>7} {'login err':>9} "
+        f"  {'run':<14} {'clients':>7} {'served':>6} {'tx/s':>7} {'tx':>6} {'errors':>7} {'login err':>9} "
         f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
         f"{'peak conns ' + '/'.join(servers):>22} {'leaks':>5} {'proxy CPU %':>11}",
     ]
@@ -285,7 +288,7 @@ def format_table(results: list[RunResult], args: argparse.Namespace, servers: li
         lat = r.latency_ms
         peaks = "/".join(str(r.peak_backend.get(s, 0)) for s in servers)
         lines.append(
-            f"  {r.label:<14} {r.clients:>7} {r.tps:>7.1f} {r.transactions:>6} "
+            f"  {r.label:<14} {r.clients:>7} {r.served:>6} {r.tps:>7.1f} {r.transactions:>6} "
             f"{sum(r.errors.values()):>7} {sum(r.login_errors.values()):>9} "
             f"{_fmt(lat['p50'], '.2f'):>7} {_fmt(lat['p95'], '.2f'):>7} "
             f"{_fmt(lat['p99'], '.2f'):>7} {_fmt(lat['max'], '.0f'):>7} {peaks:>22} "

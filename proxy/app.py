@@ -37,6 +37,7 @@ from .session import ClientSession, SessionContext
 from .session.context import PeerSession
 from .stats import Stats
 from .tls import backend_security, server_context
+from .user_limits import UserLimits
 
 log = logging.getLogger("baton")
 
@@ -127,6 +128,11 @@ class Baton:
     @property
     def paused(self) -> bool:
         return self._resumed is not None
+
+    @property
+    def user_limits(self) -> UserLimits:
+        """Client sessions per user ([[users]] max_connections), for SHOW POOLS."""
+        return self.context.user_limits
 
     def split_brain_writers(self) -> Collection[str] | None:
         return self.failover.split_brain if self.failover is not None else None

@@ -44,7 +44,12 @@ BACKEND_COLUMNS = (
     "name", "address", "role", "state", "epoch", "fenced", "read_only", "replicating_from", "lag_ms", "gtid",
     "conn_used", "conn_idle", "queries", "errors", "last_check", "can", "cannot", "note",
 )
-POOL_COLUMNS = ("backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused")
+# sessions: the user's client sessions (all backends); max_sessions and share: its [[users]]
+# max_connections and max_backend_connections (0: no limit of its own).
+POOL_COLUMNS = (
+    "backend", "user", "in_use", "idle", "waiting", "generation", "connects", "reused",
+    "sessions", "max_sessions", "share",
+)
 # state: login (handshake not finished), waiting (a command held before any backend: for a pool
 # connection, a failover, PAUSE), active (a command is served), in-transaction (idle inside a
 # transaction) or idle.
@@ -132,17 +137,23 @@ def backends_table(app: ProxyView) -> Table:
 
 
 def pools_table(app: ProxyView) -> Table:
-    """One row per (backend, user) with connections; a backend with none has one row with a
-    NULL user. waiting, generation, connects and reused are per backend (its pool), repeated
-    on each of its rows."""
+    """One row per (backend, user) with connections or client sessions; a backend with neither
+    has one row with a NULL user. waiting, generation, connects and reused are per backend (its
+    pool), repeated on each of its rows; sessions, max_sessions and share are per user."""
     rows: list[tuple[Value, ...]] = []
+    sessions = app.user_limits.snapshot()
+    config = app.config
     for name, pool in list(app.pools.items()):
         shared = (pool.waiting, pool.generation, pool.stats.connects, pool.stats.reused)
-        users = pool.counts_by_user()
+        users = {u: (0, 0) for u in sessions} | pool.counts_by_user()
         if not users:
-            rows.append((name, None, 0, 0, *shared))
+            rows.append((name, None, 0, 0, *shared, None, None, None))
         for user, (in_use, idle) in sorted(users.items()):
-            rows.append((name, user, in_use, idle, *shared))
+            account = config.user(user)
+            limits = (
+                (account.max_connections, account.max_backend_connections) if account else (0, 0)
+            )
+            rows.append((name, user, in_use, idle, *shared, sessions.get(user, 0), *limits))
     return Table(POOL_COLUMNS, rows)
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..health.topology import Topology
     from ..pool import PoolStats
     from ..stats import Stats
+    from ..user_limits import UserLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,8 @@ class ProxyView(ListenerHost, Protocol):
     def last_reload(self) -> ReloadResult | None: ...
     @property
     def workers(self) -> Sequence[WorkerRow]: ...
+    @property
+    def user_limits(self) -> UserLimits: ...
 
     async def refresh(self) -> None:
         """Brings what the views read up to date (with workers: asks each of them)."""

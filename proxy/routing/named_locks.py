@@ -65,6 +65,14 @@ class NamedLocks:
         self._held: dict[str, int | None] = {}  # name -> upper bound of holds; None: unbounded
         self._unknown = False  # a GET_LOCK whose name we could not read
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NamedLocks):
+            return NotImplemented
+        return (self._held, self._unknown) == (other._held, other._unknown)
+
+    def __repr__(self) -> str:
+        return f"NamedLocks({self._held!r}{', unknown' if self._unknown else ''})"
+
     @property
     def pinned(self) -> bool:
         return self._unknown or bool(self._held)

@@ -3,7 +3,12 @@
 Rules, in order (the README lists them for users):
 
 1. Inside a transaction (the server's IN_TRANS status flag is authoritative) every statement
-   goes where the transaction runs; with autocommit=0 everything goes to the master.
+   goes where the transaction runs. With autocommit=0 every statement opens a transaction (a
+   SELECT too), and Baton cannot know whether a write will follow in it, so outside one the
+   statement goes to the master (the transaction then stays there until COMMIT/ROLLBACK),
+   unless the client names a replica (a hint, or START TRANSACTION READ ONLY with
+   ``read_only_trx_to_replica``): that transaction then stays on the replica. Between
+   transactions the session is free to move, autocommit=0 or not.
 2. Session pins (temporary tables, LOCK TABLES, GET_LOCK, user variables assigned in a query,
    SQL-level PREPARE, open cursors, unreplayable SETs) keep the session on the master.
 3. A hint in a leading comment forces a target: ``/* baton:master */``, ``/* baton:replica */``,
@@ -186,8 +191,10 @@ class Router:
         trx = session.trx_backend
         if trx is not None and session.in_transaction:
             return Route(trx)
-        if not session.autocommit or session.pins or session.pin_next:
+        if session.pins or session.pin_next:
             return Route(self.master())
+        if not session.autocommit:
+            return self._opens_transaction(session, cls)
         if cls is None:
             if command in _REPLICA_COMMANDS and self.split:
                 return self.read_target(session, None)
@@ -209,6 +216,19 @@ class Router:
         if self._learned and payload in self._learned:
             return Route(self.master())
         return self.read_target(session, None)
+
+    def _opens_transaction(self, session: RoutedSession, cls: Classification | None) -> Route:
+        """autocommit=0, no transaction open: this statement opens one, which stays where it
+        starts. The master, unless the client itself asked for a replica."""
+        if cls is not None:
+            if cls.reads_last_statement and session.last_backend is not None:
+                return Route(session.last_backend)
+            hint = cls.hint
+            if hint is not None and hint.target != "master":
+                return self.read_target(session, hint.name)
+            if cls.kind is _BEGIN and cls.read_only_trx and self.read_only_trx_to_replica:
+                return self.read_target(session, None)
+        return Route(self.master())
 
     def read_target(self, session: RoutedSession, name: str | None) -> Route:
         """A replica for a read (a named one for a hint), or the master as fallback."""

@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 
 from ..backend import BackendConnection, BackendError, QueryError
 from ..protocol.constants import Command
+from ..protocol.packets import ErrPacket
 from .classifier import SetItem, is_literal
 
 
 class StateRestoreError(BackendError):
-    """A backend connection could not be made to match the session (reported as 9109)."""
+    """A backend connection could not be made to match the session (reported as 9109).
+
+    ``server_err``: the server's own refusal (1049 unknown database, 1044 access denied),
+    which a login passes on unchanged as a server would; mid-session it stays 9109."""
+
+    def __init__(self, backend: str, reason: str, server_err: ErrPacket | None = None) -> None:
+        super().__init__(backend, reason)
+        self.server_err = server_err
 
 
 # Variables whose value belongs to one connection or one statement: never replayed.
@@ -132,7 +140,9 @@ async def restore(owner: object, state: SessionState, conn: BackendConnection) -
     if state.schema and (conn.schema != state.schema or conn.schema_stale):
         tracker = await conn.command(Command.INIT_DB, state.schema.encode(), timeout=5)
         if tracker.error is not None:
-            raise StateRestoreError(conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}")
+            raise StateRestoreError(
+                conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}", tracker.error
+            )
         conn.schema = state.schema
         conn.schema_stale = False
     option = state.multi_option

@@ -26,9 +26,11 @@ from ..protocol.constants import (
     Capability,
     Command,
 )
+from ..protocol.framing import frame
 from ..protocol.handshake import Authenticated, ServerHandshake
-from ..protocol.packets import HandshakeResponse, encode_handshake_response
+from ..protocol.packets import HandshakeResponse, encode_err, encode_handshake_response
 from ..protocol.wire import PayloadReader, ProtocolError
+from ..routing.session_state import StateRestoreError
 from ..server_login import ServerLogin
 from ..tls import TLSTransport
 from .commands import Commands
@@ -46,6 +48,7 @@ class ClientSession(Commands):
         super().__init__(ctx)
         self.charset = 45
         self._login: ServerLogin | None = None
+        self._admitted: str | None = None  # user counted in UserLimits while the session lasts
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -117,6 +120,17 @@ class ClientSession(Commands):
             self._close("handshake timeout")
 
     def login_succeeded(self, auth: Authenticated) -> None:
+        ctx = self.ctx
+        account = ctx.config.user(auth.user)
+        if account is not None:
+            refusal = ctx.user_limits.try_open(account)
+            if refusal is not None:  # MySQL's 1226, naming the limit; other users log in
+                ctx.stats.baton_errors[refusal.error.code] += 1
+                log.info("login_refused client=%s user=%s: %s", self.id, auth.user, refusal.message)
+                self._fatal(refusal.frame(auth.seq), refusal.message)
+                return
+            self._admitted = auth.user
+        self.user_share = account.max_backend_connections if account is not None else 0
         self.user = auth.user
         self.capabilities = auth.capabilities
         caps = (
@@ -141,6 +155,13 @@ class ClientSession(Commands):
             if target is not None:
                 try:
                     await self._connection_for(target)
+                except StateRestoreError as exc:
+                    # COM_INIT_DB on a pooled connection refused the schema: the server's
+                    # own 1049/1044, as a login straight to it would get.
+                    err = exc.server_err
+                    reply = frame(encode_err(err), seq) if err else self._backend_error_frame(exc, seq)
+                    self._fatal(reply, f"login: {exc}")
+                    return
                 except BackendError as exc:
                     self._fatal(self._backend_error_frame(exc, seq), f"login: {exc}")
                     return
@@ -162,6 +183,12 @@ class ClientSession(Commands):
     def _closing(self) -> None:
         if self._login is not None:
             self._login.stop()
+        self._leave_user_limits()
+
+    def _leave_user_limits(self) -> None:
+        if self._admitted is not None:
+            self.ctx.user_limits.close(self._admitted)
+            self._admitted = None
 
     # -- CHANGE_USER --------------------------------------------------------------------------
 
@@ -173,6 +200,7 @@ class ClientSession(Commands):
             self._fatal(errors.MALFORMED_PACKET.frame(1, reason=exc), f"bad COM_CHANGE_USER: {exc}")
             return
         self._forget_session_state()
+        self._leave_user_limits()  # the new user is counted (or refused) once it logs in
         self.state.schema = None
         nonce = self._login.hs.nonce if self._login is not None else b""
         hs = self._handshake(nonce=nonce)

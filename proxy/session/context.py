@@ -11,6 +11,8 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..user_limits import UserLimits
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -66,4 +68,5 @@ class SessionContext:
     rsa_key: rsa.RSAPrivateKey | None = None
     sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     pause_timeout_s: float = 60.0  # PAUSE holds statements at most this long
+    user_limits: UserLimits = field(default_factory=UserLimits)  # [[users]] max_connections
     handshake_timeout_s: float = 10.0

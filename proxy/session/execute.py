@@ -20,13 +20,13 @@ from ..errors import BatonFailure
 from ..pool import PoolExhausted, PoolKey
 from ..protocol.constants import Command, ServerStatus
 from ..protocol.framing import frames
-from ..routing.classifier import Classification, Kind, Pin
+from ..routing.classifier import Classification, Kind
 from ..routing.router import Close, Fail, Route
 from ..routing.session_state import StateRestoreError, in_sync
 from . import causal
-from .intake import ClientIntake
+from .effects import StatementEffects
 from .leases import Leases, Why
-from .state import ClientState, Inflight, SessionPin
+from .state import ClientState, Inflight
 
 if TYPE_CHECKING:
     from ..protocol.response import ResponseTracker
@@ -40,12 +40,12 @@ _QUERY = int(Command.QUERY)
 _EXECUTE = int(Command.STMT_EXECUTE)
 _ER_NEED_REPREPARE = 1615
 _READ_ONLY_ERRORS = frozenset({1290, 1792})  # --read-only server / READ ONLY transaction
-_SESSION, _USE, _WRITE, _COMMIT = Kind.SESSION, Kind.USE, Kind.WRITE, Kind.COMMIT
+_WRITE, _COMMIT = Kind.WRITE, Kind.COMMIT
 _IDLE, _ACTIVE, _WAITING = ClientState.IDLE, ClientState.ACTIVE, ClientState.WAITING
 _INFILE, _CLOSED = ClientState.INFILE, ClientState.CLOSED
 
 
-class Execution(ClientIntake):
+class Execution(StatementEffects):
     """Routing, dispatch, the response sink and what a response changed."""
 
     def __init__(self, ctx: SessionContext) -> None:
@@ -54,6 +54,7 @@ class Execution(ClientIntake):
         self.conns = self.leases.conns  # the same dict: read on every statement
         self.credentials: Credentials | None = None
         self.pool_key: PoolKey | None = None
+        self.user_share = 0  # [[users]] max_backend_connections at login (0: the whole pool)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -232,7 +233,10 @@ class Execution(ClientIntake):
             self.change_state(_ACTIVE)
         if self.leases.paused:
             conn.pause_reading()
-        if not conn.send(frames(payload, 0), inflight.command, self):
+        cls = inflight.cls  # a lock function's value is read from the response (its row)
+        if not conn.send(
+            frames(payload, 0), inflight.command, self, cls is not None and cls.lock_calls_exact
+        ):
             self.inflight = None  # no response expected (COM_STMT_CLOSE, SEND_LONG_DATA)
             self.change_state(_IDLE)
             self.ctx.stats.count(inflight.command, conn.backend)
@@ -242,7 +246,7 @@ class Execution(ClientIntake):
         """The session's connection to ``target``, acquiring and preparing one if needed."""
         assert self.credentials is not None and self.pool_key is not None
         return await self.leases.acquire(
-            target, self.pool_key, self.credentials, self.state, self._gone
+            target, self.pool_key, self.credentials, self.state, self._gone, self.user_share
         )
 
     def _gone(self) -> bool:
@@ -392,73 +396,6 @@ class Execution(ClientIntake):
             self._finish_with(self._ok(1))
             return
         self.finish_with_error(errors.TRANSACTION_LOST, backend=backend)
-
-    # -- what a statement changed -------------------------------------------------------------
-
-    def _observe_query(self, cls: Classification, conn: BackendConnection, ok: bool) -> None:
-        routing = self.routing
-        if not (
-            cls.parts
-            or cls.pin
-            or cls.unpin
-            or cls.session_vars
-            or cls.schema
-            or cls.temp_table
-            or cls.dropped_tables
-        ):
-            routing.pin_next = False  # the usual statement: nothing to remember
-            return
-        parts = cls.parts or (cls,)
-        backend = conn.backend
-        if cls.parts and not ok:
-            routing.pin(SessionPin.MULTI_STATEMENT_ERROR, backend)  # some parts ran: stay put
-        for part in parts:
-            routing.apply(part, backend, ok)
-            if ok:
-                self._state_effects(part, conn)
-        routing.pin_next = any(p.pin is Pin.FOUND_ROWS for p in parts)
-
-    def _state_effects(self, cls: Classification, conn: BackendConnection) -> None:
-        """SET and USE change what is replayed on the session's other connections."""
-        kind = cls.kind
-        if kind is _SESSION and cls.session_vars:
-            was_synced = in_sync(self, self.state, conn)
-            if not self.state.record(cls.session_vars):
-                self.routing.pin(SessionPin.UNREPLAYABLE_SET, conn.backend)
-            if was_synced:
-                self._synced(conn)
-        elif kind is _USE and cls.schema:
-            self.state.schema = conn.schema = cls.schema
-            self._synced(conn)
-
-    def _synced(self, conn: BackendConnection) -> None:
-        conn.state_owner = self
-        conn.state_version = self.state.version
-
-    # -- read-your-writes ---------------------------------------------------------------------
-
-    def _session_consistency(self) -> bool:
-        return self.ctx.router.consistency_for(self.routing) == "session"
-
-    def _learn_gtid_then_continue(
-        self, conn: BackendConnection, inflight: Inflight, ddl: bool = False
-    ) -> None:
-        # The session stays busy while Baton asks the connection: the client may already
-        # have sent its next command, which must wait its turn (not share the connection).
-        self.inflight = inflight
-        self.change_state(_WAITING)
-        self._spawn(self._learn_gtid(conn, ddl))
-
-    async def _learn_gtid(self, conn: BackendConnection, ddl: bool = False) -> None:
-        """After a write in "session" consistency, or any DDL: its GTID, for later reads."""
-        gtid = await causal.last_gtid(conn)
-        if gtid is not None and self._session_consistency():
-            self.routing.causal_gtid = gtid
-        if ddl:
-            self.ctx.router.ddl_finished(gtid)
-        self.inflight = None
-        self.change_state(_IDLE)
-        self._after_response()
 
     # -- LOCAL INFILE -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..backend import BackendError
 from ..compressed import CompressedTransport
-from ..pool import PoolExhausted
+from ..pool import PoolExhausted, UserShareExhausted
 from ..protocol.compression import CompressedStream
 from ..protocol.constants import ServerStatus
 from ..protocol.framing import PacketReader, PacketTooLarge, frame
@@ -263,6 +263,13 @@ class ClientIntake(asyncio.Protocol):
             code = errors.SESSION_STATE_UNRESTORABLE
             baton_errors[code.code] += 1
             return code.frame(seq, backend=exc.backend, reason=exc.reason)
+        if isinstance(exc, UserShareExhausted):
+            code = errors.USER_POOL_EXHAUSTED
+            baton_errors[code.code] += 1
+            return code.frame(
+                seq, user=exc.user, limit=exc.limit, backend=exc.backend,
+                timeout_ms=int(exc.timeout * 1000),
+            )
         if isinstance(exc, PoolExhausted):
             code = errors.POOL_EXHAUSTED
             baton_errors[code.code] += 1

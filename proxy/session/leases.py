@@ -57,9 +57,11 @@ class Leases:
         credentials: Credentials,
         state: SessionState,
         gone: Callable[[], bool],
+        user_limit: int = 0,
     ) -> BackendConnection:
         """The connection to ``target``, from the pool if the session holds none, with the
-        session's ``state`` restored on it. ``gone``: the client left while it waited."""
+        session's ``state`` restored on it. ``gone``: the client left while it waited;
+        ``user_limit``: the user's share of the pool (``[[users]] max_backend_connections``)."""
         conn = self.conns.get(target)
         if conn is not None and not conn.alive:
             self.release(conn, Why.UNTRUSTED)
@@ -70,7 +72,11 @@ class Leases:
             if pool is None:
                 raise BackendError(target, "no such backend")
             conn = await pool.acquire(
-                key, credentials, timeout=pools.wait_timeout, database=state.schema
+                key,
+                credentials,
+                timeout=pools.wait_timeout,
+                database=state.schema,
+                user_limit=user_limit,
             )
             if gone():
                 pools.release(conn, Release.REUSE)

@@ -49,6 +49,7 @@ class PreparedCommands(Execution):
                 cls.kind is Kind.READ
                 and not cls.master_only
                 and self.routing.free_to_move_between_statements
+                and self.routing.autocommit  # else it runs where a transaction opens: master
             ):
                 route = router.read_target(self.routing, None)
                 if route.causal:

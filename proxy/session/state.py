@@ -11,12 +11,14 @@ router and its tests can use it alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..protocol.constants import ServerStatus
 from ..routing.classifier import Classification, Pin
+from ..routing.named_locks import NamedLocks
 
 if TYPE_CHECKING:
     from ..backend import BackendConnection
@@ -115,6 +117,7 @@ class SessionRouting:
     state_lost: str | None = None  # pinned state that died with its backend (why)
     consistency: str | None = None  # SET @baton_consistency override
     causal_gtid: str | None = None  # GTID of the session's last write (session mode)
+    locks: NamedLocks = field(default_factory=NamedLocks)  # GET_LOCK names it may hold
 
     @property
     def in_transaction(self) -> bool:
@@ -126,8 +129,13 @@ class SessionRouting:
 
     @property
     def free_to_move_between_statements(self) -> bool:
-        """Nothing ties the next statement to one backend (transaction, autocommit=0, pins)."""
-        return not self.status & _IN_TRANS and bool(self.status & _AUTOCOMMIT) and not self.pins
+        """Nothing ties the next statement to one backend (an open transaction, pins).
+
+        autocommit=0 does not: the server's IN_TRANS flag says when a transaction is open
+        (with autocommit=0 the first statement after COMMIT opens the next one), and
+        autocommit=0 itself is replayed on the next connection with the session's other SETs.
+        """
+        return not self.status & _IN_TRANS and not self.pins
 
     def responded(self, status: int, backend: str) -> None:
         """A response ended on ``backend`` with these status flags."""
@@ -152,10 +160,11 @@ class SessionRouting:
 
     def apply(self, cls: Classification, backend: str, ok: bool) -> None:
         """Pins and temporary tables one statement (one part of several) created or dropped."""
-        if cls.unpin is not None:
+        if cls.unpin is not None and cls.unpin is not Pin.GET_LOCK:
             self.unpin(cls.unpin)
-        if cls.pin is not None and cls.pin is not Pin.FOUND_ROWS:
-            self.pin(cls.pin, backend)
+        pin = cls.pin
+        if pin is not None and pin is not Pin.FOUND_ROWS and pin is not Pin.GET_LOCK:
+            self.pin(pin, backend)
         if cls.temp_table and ok:
             self.temp_tables.add(cls.temp_table.lower())
         if cls.dropped_tables and self.temp_tables and ok:
@@ -163,6 +172,22 @@ class SessionRouting:
                 self.temp_tables.discard(t.lower())
             if not self.temp_tables:
                 self.pins.pop(Pin.TEMP_TABLE, None)
+
+    def named_locks(
+        self,
+        cls: Classification,
+        backend: str,
+        ok: bool,
+        row: Sequence[bytes | None] | None,
+    ) -> None:
+        """GET_LOCK and friends ran (``row``: their values, when read): pinned to ``backend``
+        while the session may hold a named lock, by name; unpinned once it holds none."""
+        if self.locks.apply(cls, ok, row):
+            if Pin.GET_LOCK not in self.pins:
+                self.pins[Pin.GET_LOCK] = 1
+                self.pinned_on = backend
+        else:
+            self.pins.pop(Pin.GET_LOCK, None)
 
     def lose_transaction(self, backend: str) -> None:
         """The open transaction died with its backend; the session itself carries on."""
@@ -177,6 +202,7 @@ class SessionRouting:
         if self.pins and self.pinned_on == backend:
             reasons = self.pinned_reason()
             self.pins.clear()
+            self.locks.clear()  # the server released them with the connection
             self.temp_tables.clear()
             self.pinned_on = None
             self.state_lost = f"{reasons} held on {backend} were lost with it"
@@ -187,6 +213,7 @@ class SessionRouting:
     def clear(self) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: a fresh session."""
         self.pins.clear()
+        self.locks.clear()
         self.temp_tables.clear()
         self.pin_next = False
         self.pinned_on = None

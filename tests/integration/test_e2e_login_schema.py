@@ -3,9 +3,8 @@
 
 Baton checks the schema on the master before it says OK. With no idle pooled connection it opens
 a new one, logging in with that schema, and the server's refusal is passed on. With an idle
-pooled connection it selects the schema with COM_INIT_DB instead, and today that failure becomes
-Baton's 9109 "session state could not be restored": the second test shows the defect and is
-expected to fail until the fix lands.
+pooled connection it selects the schema with COM_INIT_DB instead, and that refusal is passed on
+unchanged too (it used to become Baton's 9109 "session state could not be restored").
 """
 
 from __future__ import annotations
@@ -36,11 +35,6 @@ def test_unknown_schema_at_login_with_no_idle_connection(sandbox: ReplicationSan
     assert login_error(proxy, "no_such_db") == (1049, "Unknown database 'no_such_db'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: with an idle pooled connection the schema check runs COM_INIT_DB, "
-    "and its 1049 becomes 9109 (StateRestoreError carries no server error)",
-)
 def test_unknown_schema_at_login_with_an_idle_pooled_connection(sandbox: ReplicationSandbox, baton):
     proxy = baton(sandbox)
     conn = pymysql_connect(proxy)  # database "test": its connection goes back to the pool
@@ -49,3 +43,42 @@ def test_unknown_schema_at_login_with_an_idle_pooled_connection(sandbox: Replica
     conn.close()
     wait_for(lambda: idle_on_master(proxy, sandbox.master.name), what="an idle pooled connection")
     assert login_error(proxy, "no_such_db") == (1049, "Unknown database 'no_such_db'")
+
+
+def direct_login_error(sandbox: ReplicationSandbox, user: str, database: str) -> tuple[int, str]:
+    with pytest.raises(pymysql.err.MySQLError) as caught:
+        pymysql.connect(
+            host="127.0.0.1",
+            port=sandbox.master.port,
+            user=user,
+            password=user,
+            database=database,
+            connect_timeout=5,
+        ).close()
+    return caught.value.args[0], caught.value.args[1]
+
+
+def test_forbidden_schema_at_login_gets_the_servers_1044_with_an_idle_connection(
+    sandbox: ReplicationSandbox, baton
+):
+    """A schema the account may not use: the server's 1044 and its text, as a direct login gets
+    it, also when the schema check runs COM_INIT_DB on an idle pooled connection."""
+    user = "narrow11"
+    sandbox.master.sql(f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{user}'")
+    sandbox.master.sql(f"GRANT ALL PRIVILEGES ON test.* TO '{user}'@'%'")
+    sandbox.master.sql("CREATE DATABASE IF NOT EXISTS forbidden11")
+    sandbox.wait_caught_up(timeout=30)
+    expected = direct_login_error(sandbox, user, "forbidden11")
+    assert expected[0] == 1044
+    proxy = baton(
+        sandbox,
+        users=[{"name": "app", "password": "app"}, {"name": user, "password": user}],
+    )
+    conn = pymysql_connect(proxy, user=user, password=user)  # database "test": allowed
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    conn.close()
+    wait_for(lambda: idle_on_master(proxy, sandbox.master.name), what="an idle pooled connection")
+    with pytest.raises(pymysql.err.MySQLError) as caught:
+        pymysql_connect(proxy, user=user, password=user, database="forbidden11").close()
+    assert (caught.value.args[0], caught.value.args[1]) == expected

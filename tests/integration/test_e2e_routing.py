@@ -306,6 +306,66 @@ def test_get_lock_pins_the_session_to_the_master_until_locks_are_released(
     assert sandbox.master.sql(f"SELECT IS_FREE_LOCK('{name}')") == [(1,)]
 
 
+def test_after_release_lock_of_its_last_lock_reads_return_to_the_replicas(
+    conn: pymysql.Connection, sandbox: ReplicationSandbox
+) -> None:
+    """Named locks by literal name (issue 11 item 2): pinned while at least one is held
+    (they are recursive: two GET_LOCKs need two RELEASE_LOCKs), free again after the last."""
+    master_id = sandbox.master.server_id
+    a, b = (f"e2e-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    with conn.cursor() as cur:
+        for sql in (
+            f"SELECT GET_LOCK('{a}', 0)",
+            f"SELECT GET_LOCK('{a}', 0)",
+            f"SELECT GET_LOCK('{b}', 0)",
+        ):
+            cur.execute(sql)
+            assert cur.fetchone() == (1,)
+        for name in (a, a, b):
+            assert count_servers(cur, 3) == {master_id: 3}  # a lock is held: stay put
+            cur.execute(f"SELECT RELEASE_LOCK('{name}')")
+            assert cur.fetchone() == (1,)
+        assert master_id not in count_servers(cur, 6)
+    assert sandbox.master.sql(f"SELECT IS_FREE_LOCK('{a}'), IS_FREE_LOCK('{b}')") == [(1, 1)]
+
+
+def test_a_get_lock_that_timed_out_does_not_pin(
+    proxy: BatonProcess, conn: pymysql.Connection, sandbox: ReplicationSandbox
+) -> None:
+    """GET_LOCK answering 0 (another session holds the name) took nothing: reads still go to
+    the replicas; IS_FREE_LOCK answering 1 after a lock count Baton cannot know unpins."""
+    master_id = sandbox.master.server_id
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    with pymysql_connect(proxy) as holder, holder.cursor() as hcur, conn.cursor() as cur:
+        hcur.execute(f"SELECT GET_LOCK('{name}', 0)")
+        cur.execute(f"SELECT GET_LOCK('{name}', 0)")
+        assert cur.fetchone() == (0,)
+        assert master_id not in count_servers(cur, 4)
+        hcur.execute(f"SELECT RELEASE_LOCK('{name}')")
+        # taken once per row (unbounded for Baton), released once: only the server knows
+        cur.execute(f"SELECT GET_LOCK('{name}', 0) FROM seq_1_to_2")
+        cur.execute(f"SELECT RELEASE_LOCK('{name}')")
+        cur.execute(f"SELECT RELEASE_LOCK('{name}')")
+        assert count_servers(cur, 3) == {master_id: 3}
+        cur.execute(f"SELECT IS_FREE_LOCK('{name}')")
+        assert cur.fetchone() == (1,)
+        assert master_id not in count_servers(cur, 4)
+
+
+def test_a_lock_name_that_is_not_a_literal_pins_until_release_all_locks(
+    conn: pymysql.Connection, sandbox: ReplicationSandbox
+) -> None:
+    master_id = sandbox.master.server_id
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT GET_LOCK(CONCAT('{name}', 'x'), 0)")
+        cur.execute(f"SELECT RELEASE_LOCK('{name}x')")
+        assert cur.fetchone() == (1,)
+        assert count_servers(cur, 3) == {master_id: 3}  # which name it took is not known
+        cur.execute("SELECT RELEASE_ALL_LOCKS()")
+        assert master_id not in count_servers(cur, 4)
+
+
 def test_last_insert_id_is_read_on_the_master(
     conn: pymysql.Connection, sandbox: ReplicationSandbox
 ) -> None:

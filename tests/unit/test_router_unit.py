@@ -153,6 +153,34 @@ def test_what_ties_a_session_decides_before_the_statement(
     assert route(world(), session, sql).target == target
 
 
+@pytest.mark.parametrize(
+    ("sql", "targets", "read"),
+    [
+        (b"SELECT 1", {"db1"}, False),  # opens a transaction that may write next
+        (b"SELECT * FROM t", {"db1"}, False),
+        (b"INSERT INTO t VALUES (1)", {"db1"}, False),
+        (b"/* baton:replica */ SELECT 1", READS, True),  # the client chose: it stays there
+        (b"/* baton:replica=db3 */ SELECT 1", {"db3"}, True),
+        (b"/* baton:master */ SELECT 1", {"db1"}, False),
+        (b"START TRANSACTION READ ONLY", {"db1"}, False),  # read_only_trx_to_replica is off
+    ],
+)
+def test_with_autocommit_off_a_statement_opens_its_transaction_on_the_master(
+    sql: bytes, targets: set[str], read: bool
+) -> None:
+    r = route(world(), SessionRouting(status=NO_AUTOCOMMIT), sql)
+    assert r.target in targets
+    assert r.read is read
+
+
+def test_with_autocommit_off_a_read_only_transaction_may_start_on_a_replica() -> None:
+    w = world(read_only_trx_to_replica=True)
+    r = route(w, SessionRouting(status=NO_AUTOCOMMIT), b"START TRANSACTION READ ONLY")
+    assert r.target in READS
+    session = SessionRouting(status=NO_AUTOCOMMIT, last_backend="db3")
+    assert route(w, session, b"SHOW WARNINGS").target == "db3"
+
+
 def test_reads_spread_over_the_replicas_by_weight() -> None:
     w = world()
     picks = [route(w, SessionRouting(), b"SELECT 1").target for _ in range(10)]

@@ -34,8 +34,12 @@ def test_responses_open_and_close_the_transaction_where_it_runs() -> None:
     assert not s.free_to_move_between_statements
     s.responded(AUTOCOMMIT, "db1")
     assert s.trx_backend is None and not s.in_transaction
-    s.responded(0, "db1")  # SET autocommit=0
-    assert not s.autocommit and not s.free_to_move_between_statements
+    s.responded(0, "db1")  # SET autocommit=0: replayed elsewhere, so nothing ties it
+    assert not s.autocommit and s.free_to_move_between_statements
+    s.responded(int(ServerStatus.IN_TRANS), "db1")  # its next statement opened a transaction
+    assert not s.free_to_move_between_statements and s.trx_backend == "db1"
+    s.responded(0, "db1")  # COMMIT: free again until the next statement opens one
+    assert s.free_to_move_between_statements and s.trx_backend is None
 
 
 def test_temp_table_pins_until_the_last_one_is_dropped() -> None:
@@ -99,9 +103,42 @@ def test_clear_forgets_everything_that_tied_the_session() -> None:
     s = SessionRouting(consistency="session", causal_gtid="0-1-2", pin_next=True)
     s.responded(IN_TRANS, "db1")
     s.pin(Pin.LOCK_TABLES, "db1")
+    s.named_locks(classify(b"SELECT GET_LOCK('a', 0)"), "db1", True, (b"1",))
     s.clear()
     assert s.last_backend == "db1"  # where the previous statement ran is still true
     assert s == SessionRouting(last_backend="db1")
+
+
+def test_named_locks_pin_by_name_until_the_last_is_released() -> None:
+    s = SessionRouting()
+    s.named_locks(classify(b"SELECT GET_LOCK('a', 0)"), "db1", True, (b"1",))
+    s.named_locks(classify(b"SELECT GET_LOCK('b', 0)"), "db1", True, None)  # value unread
+    assert s.pins == {Pin.GET_LOCK: 1} and s.pinned_on == "db1"
+    s.named_locks(classify(b"SELECT RELEASE_LOCK('a')"), "db1", True, (b"1",))
+    assert not s.free_to_move_between_statements
+    s.named_locks(classify(b"SELECT RELEASE_LOCK('b')"), "db1", True, (b"1",))
+    assert s.pins == {} and s.free_to_move_between_statements
+    s.named_locks(classify(b"SELECT GET_LOCK('a', 0)"), "db1", True, (b"0",))  # timed out
+    assert s.pins == {}
+
+
+def test_the_classifiers_get_lock_pin_is_left_to_named_locks() -> None:
+    s = SessionRouting()
+    s.apply(classify(b"SELECT GET_LOCK('a', 0)"), "db1", ok=True)
+    assert s.pins == {}  # named_locks decides, with the statement's value
+    s.named_locks(classify(b"SELECT GET_LOCK(@n, 0)"), "db1", True, None)
+    s.named_locks(classify(b"SELECT RELEASE_LOCK('x')"), "db1", True, (b"1",))
+    assert s.pins == {Pin.GET_LOCK: 1}  # a name it could not read: until RELEASE_ALL_LOCKS
+    s.apply(classify(b"SELECT RELEASE_ALL_LOCKS()"), "db1", ok=True)
+    s.named_locks(classify(b"SELECT RELEASE_ALL_LOCKS()"), "db1", True, (b"1",))
+    assert s.pins == {}
+
+
+def test_a_lost_backend_takes_its_named_locks() -> None:
+    s = SessionRouting()
+    s.named_locks(classify(b"SELECT GET_LOCK('a', 0)"), "db1", True, (b"1",))
+    s.backend_gone("db1")
+    assert s.pins == {} and not s.locks.pinned and s.state_lost is not None
 
 
 # -- the state machine -------------------------------------------------------------------------
