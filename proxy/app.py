@@ -118,6 +118,9 @@ class Baton:
         proxy = config.proxy
         tls = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
         self.context.tls_context = tls
+        self.context.login_gate.configure(
+            proxy.max_unauthenticated_connections, proxy.max_unauthenticated_per_address
+        )
         self.pools.configure(config)
 
     @property

@@ -107,6 +107,12 @@ class ProxyConfig:
     idle_backend_timeout_s: int = 300
     pid_file: str = ""
     shutdown_grace_s: int = 10
+    # Before login (see README, Security): time allowed for the whole login, and how many
+    # connections may be at the login prompt at once, in all and per client address. These do
+    # not count toward max_client_connections, which counts logged-in sessions.
+    handshake_timeout_ms: int = 10_000
+    max_unauthenticated_connections: int = 1000
+    max_unauthenticated_per_address: int = 100
 
     @property
     def tls_enabled(self) -> bool:
@@ -575,6 +581,9 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         idle_backend_timeout_s=t.integer("idle_backend_timeout_s", minimum=1),
         pid_file=t.text("pid_file"),
         shutdown_grace_s=t.integer("shutdown_grace_s", minimum=0),
+        handshake_timeout_ms=t.integer("handshake_timeout_ms", minimum=100, maximum=3_600_000),
+        max_unauthenticated_connections=t.integer("max_unauthenticated_connections", minimum=1),
+        max_unauthenticated_per_address=t.integer("max_unauthenticated_per_address", minimum=1),
     )
 
 

@@ -102,7 +102,9 @@ NOT_OWNER = ErrorCode(
     "KILL named another user's connection (MySQL's own code).",
 )
 TOO_MANY_CONNECTIONS = ErrorCode(
-    1040, "08004", "Too many connections", "[proxy] max_client_connections reached (MySQL's own code).",
+    1040, "08004", "Too many connections",
+    "[proxy] max_client_connections logged-in sessions, or too many connections at the login "
+    "prompt (in all or from this address), on that port (MySQL's own code).",
 )
 USER_CONNECTIONS_LIMIT = ErrorCode(
     1226, "42000",
@@ -115,7 +117,8 @@ UNKNOWN_COMMAND = ErrorCode(
 )
 PACKET_TOO_LARGE = ErrorCode(
     1153, "08S01", "Got a packet bigger than 'max_allowed_packet' bytes",
-    "A client packet exceeded [proxy] max_allowed_packet (MySQL's own code); the connection is closed.",
+    "A client packet exceeded [proxy] max_allowed_packet, or 16 KiB before login (MySQL's own "
+    "code); the connection is closed.",
 )
 PACKETS_OUT_OF_ORDER = ErrorCode(
     1156, "08S01", "Got packets out of order", "A client packet had a wrong sequence id (MySQL's own code).",
@@ -134,8 +137,8 @@ UNKNOWN_STMT = ErrorCode(
 
 LOGIN_THROTTLED = ErrorCode(
     1129, "HY000", "Host '{host}' is blocked after {failures} failed logins; retry in {retry_s} s",
-    "Too many failed logins from this address on the admin port (MySQL's own code for a "
-    "blocked host); it may try again when the oldest failure is a minute old.",
+    "Too many failed logins from this address on this port (MySQL's own code for a blocked "
+    "host); it may try again when the oldest failure leaves the window.",
 )
 ADMIN_SYNTAX = ErrorCode(
     1064, "42000", "Baton admin: {reason}. Accepted: {accepted}",

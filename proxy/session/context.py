@@ -11,6 +11,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..server_login import LoginGate
+from ..throttle import LoginThrottle
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -63,4 +66,4 @@ class SessionContext:
     rsa_key: rsa.RSAPrivateKey | None = None
     sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     pause_timeout_s: float = 60.0  # PAUSE holds statements at most this long
-    handshake_timeout_s: float = 10.0
+    login_gate: LoginGate = field(default_factory=lambda: LoginGate(1000, 100, LoginThrottle()))

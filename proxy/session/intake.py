@@ -28,6 +28,7 @@ from ..protocol.packets import OkPacket, encode_err, encode_ok
 from ..protocol.wire import ProtocolError
 from ..routing.session_state import SessionState, StateRestoreError
 from ..routing.statements import SessionStatements
+from ..server_login import PRE_AUTH_MAX_PACKET
 from ..tls import TLSTransport
 from .leases import Why
 from .state import COMMAND_STATES, ClientState, Inflight, SessionRouting, next_state
@@ -76,8 +77,10 @@ class ClientIntake(asyncio.Protocol):
         self._tls: TLSTransport | None = None
         self._zstream: CompressedStream | None = None  # the client asked for compression
         self.peer = ""
+        self.address = ""  # the client host, which login limits count by
         self.client_state = _LOGIN
-        self.reader = PacketReader(ctx.config.proxy.max_allowed_packet)
+        # Strangers send small packets; the login raises this to max_allowed_packet.
+        self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
         self.user = ""
         self.capabilities = 0
         self.state = SessionState()  # what the session SET: replayed on each connection

@@ -1,0 +1,96 @@
+"""Strangers on the client port (issue 12): before login a client may send packets of at most
+16 KiB (1153), has ``handshake_timeout_ms`` to log in, and only so many connections may wait at
+the login prompt, in all and per address (1040). Those connections do not count toward
+``max_client_connections``, so silent sockets cannot lock real clients out. An address with
+too many failed logins is refused before its greeting (1129)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pymysql
+import pytest
+
+from proxy.protocol.framing import frame
+from proxy.sandbox import ReplicationSandbox
+from proxy.sandbox.baton_process import BatonProcess
+from tests.support.clients import pymysql_connect
+from tests.support.raw_client import RawClient
+
+
+def _stranger(proc: BatonProcess, source: str = "127.0.0.1") -> socket.socket:
+    """A connection that reads its greeting and then says nothing."""
+    sock = socket.create_connection(("127.0.0.1", proc.proxy_port), timeout=5, source_address=(source, 0))
+    assert sock.recv(65536)
+    return sock
+
+
+@contextmanager
+def _strangers(proc: BatonProcess, n: int, source: str) -> Iterator[list[socket.socket]]:
+    socks = [_stranger(proc, source) for _ in range(n)]
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _refused_with(proc: BatonProcess, source: str) -> int:
+    return RawClient(proc.proxy_port, source=source).error_then_close().code
+
+
+@pytest.fixture
+def proc(sandbox: ReplicationSandbox, baton: Any) -> BatonProcess:
+    return baton(
+        sandbox,
+        proxy={
+            "max_client_connections": 3,
+            "max_unauthenticated_connections": 6,
+            "max_unauthenticated_per_address": 4,
+            "handshake_timeout_ms": 1500,
+        },
+    )
+
+
+def test_a_large_packet_before_login_is_refused_with_1153(proc: BatonProcess) -> None:
+    client = RawClient(proc.proxy_port)
+    assert client.read_packet() is not None  # the greeting
+    client.send(frame(b"\x00" * (20 << 10), 1))  # 20 KiB "handshake response"
+    err = client.error_then_close()
+    assert (err.code, err.sqlstate) == (1153, "08S01")
+
+
+def test_silent_sockets_do_not_lock_real_clients_out(proc: BatonProcess) -> None:
+    with _strangers(proc, 4, "127.0.0.21"):  # more than max_client_connections
+        conns = [pymysql_connect(proc) for _ in range(3)]  # ... and real clients still log in
+        try:
+            with pytest.raises(pymysql.err.OperationalError) as caught:
+                pymysql_connect(proc)  # the fourth logged-in session is one too many
+            assert caught.value.args[0] == 1040
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+def test_strangers_are_capped_per_address_and_in_all(proc: BatonProcess) -> None:
+    with _strangers(proc, 4, "127.0.0.22"):
+        assert _refused_with(proc, "127.0.0.22") == 1040  # per address
+        with _strangers(proc, 2, "127.0.0.23"):
+            assert _refused_with(proc, "127.0.0.24") == 1040  # in all
+        with pymysql_connect(proc, bind_address="127.0.0.25") as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")  # a slot freed: a client from elsewhere logs in
+
+
+def test_the_handshake_timeout_closes_a_silent_socket(proc: BatonProcess) -> None:
+    sock = _stranger(proc, "127.0.0.26")
+    started = time.monotonic()
+    sock.settimeout(10)
+    try:
+        assert sock.recv(65536) == b""  # closed by Baton
+    finally:
+        sock.close()
+    assert 1.0 < time.monotonic() - started < 5.0
