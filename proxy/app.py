@@ -119,7 +119,10 @@ class Baton:
         tls = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
         self.context.tls_context = tls
         self.context.login_gate.configure(
-            proxy.max_unauthenticated_connections, proxy.max_unauthenticated_per_address
+            proxy.max_unauthenticated_connections,
+            proxy.max_unauthenticated_per_address,
+            proxy.max_login_failures,
+            proxy.login_failure_window_s,
         )
         self.pools.configure(config)
 

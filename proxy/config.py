@@ -113,6 +113,10 @@ class ProxyConfig:
     handshake_timeout_ms: int = 10_000
     max_unauthenticated_connections: int = 1000
     max_unauthenticated_per_address: int = 100
+    # An address with this many failed logins in the window is refused (1129) until the oldest
+    # leaves it; 0 = no throttling. The admin port has its own, stricter: 5 per 60 s.
+    max_login_failures: int = 10
+    login_failure_window_s: int = 60
 
     @property
     def tls_enabled(self) -> bool:
@@ -584,6 +588,8 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         handshake_timeout_ms=t.integer("handshake_timeout_ms", minimum=100, maximum=3_600_000),
         max_unauthenticated_connections=t.integer("max_unauthenticated_connections", minimum=1),
         max_unauthenticated_per_address=t.integer("max_unauthenticated_per_address", minimum=1),
+        max_login_failures=t.integer("max_login_failures", minimum=0),
+        login_failure_window_s=t.integer("login_failure_window_s", minimum=1, maximum=86_400),
     )
 
 

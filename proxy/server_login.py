@@ -50,9 +50,12 @@ class LoginGate:
         self.waiting = 0
         self._per_address: Counter[str] = Counter()
 
-    def configure(self, max_waiting: int, max_per_address: int) -> None:
+    def configure(
+        self, max_waiting: int, max_per_address: int, max_failures: int, window_s: float
+    ) -> None:
         """A reload: the new limits apply to the next connections."""
         self.max_waiting, self.max_per_address = max_waiting, max_per_address
+        self.throttle.configure(max_failures, window_s)
 
     def refusal(self, address: str) -> Refusal | None:
         """Why ``address`` may not see a greeting now, as (ERR packet, log reason); None: it may

@@ -2,7 +2,7 @@
 16 KiB (1153), has ``handshake_timeout_ms`` to log in, and only so many connections may wait at
 the login prompt, in all and per address (1040). Those connections do not count toward
 ``max_client_connections``, so silent sockets cannot lock real clients out. An address with
-too many failed logins is refused before its greeting (1129)."""
+too many failed logins (a failed CHANGE_USER included) is refused before its greeting (1129)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import mysql.connector
 import pymysql
 import pytest
 
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess
-from tests.support.clients import pymysql_connect
+from tests.support.clients import connector_connect, pymysql_connect
 from tests.support.raw_client import RawClient
 
 
@@ -94,3 +95,37 @@ def test_the_handshake_timeout_closes_a_silent_socket(proc: BatonProcess) -> Non
     finally:
         sock.close()
     assert 1.0 < time.monotonic() - started < 5.0
+
+
+def test_the_client_port_throttles_an_address_after_failed_logins(
+    sandbox: ReplicationSandbox, baton: Any
+) -> None:
+    proc = baton(sandbox, proxy={"max_login_failures": 3, "login_failure_window_s": 60})
+    for _ in range(3):
+        with pytest.raises(pymysql.err.OperationalError) as caught:
+            pymysql_connect(proc, password="wrong", bind_address="127.0.0.31")
+        assert caught.value.args[0] == 1045
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysql_connect(proc, bind_address="127.0.0.31")  # the right password: no more guessing
+    code, message = caught.value.args
+    assert code == 1129 and "after 3 failed logins; retry in" in message
+    assert "client_login_throttled" in proc.log_text()
+    with pymysql_connect(proc, bind_address="127.0.0.32") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")  # another address is not affected
+
+
+def test_a_failed_change_user_counts_as_a_failed_login(
+    sandbox: ReplicationSandbox, baton: Any
+) -> None:
+    proc = baton(sandbox, proxy={"max_login_failures": 2})
+    conn = connector_connect(proc)  # from 127.0.0.1
+    with pytest.raises(mysql.connector.Error) as caught:
+        conn.cmd_change_user(username="app", password="wrong", database="test")
+    assert caught.value.errno == 1045
+    conn.close()
+    with pytest.raises(pymysql.err.OperationalError) as caught_login:
+        pymysql_connect(proc, password="wrong")
+    assert caught_login.value.args[0] == 1045
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysql_connect(proc)
+    assert caught.value.args[0] == 1129
