@@ -117,6 +117,13 @@ class ProxyConfig:
     # leaves it; 0 = no throttling. The admin port has its own, stricter: 5 per 60 s.
     max_login_failures: int = 10
     login_failure_window_s: int = 60
+    # After login (see README, Security): a client's unread replies past this many bytes, or
+    # none of them read for this long, cut the session; pipelined commands queued behind the
+    # running one, past these, are left unread in the socket.
+    client_output_buffer_limit: int = 16 << 20
+    client_write_timeout_s: int = 60
+    max_queued_commands: int = 64
+    max_queued_bytes: int = 16 << 20
 
     @property
     def tls_enabled(self) -> bool:
@@ -590,6 +597,10 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         max_unauthenticated_per_address=t.integer("max_unauthenticated_per_address", minimum=1),
         max_login_failures=t.integer("max_login_failures", minimum=0),
         login_failure_window_s=t.integer("login_failure_window_s", minimum=1, maximum=86_400),
+        client_output_buffer_limit=t.integer("client_output_buffer_limit", minimum=64 << 10),
+        client_write_timeout_s=t.integer("client_write_timeout_s", minimum=1),
+        max_queued_commands=t.integer("max_queued_commands", minimum=1),
+        max_queued_bytes=t.integer("max_queued_bytes", minimum=MIN_PACKET),
     )
 
 

@@ -56,8 +56,9 @@ class ClientSession(Commands):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
-        transport.set_write_buffer_limits(high=256 * 1024)
         ctx = self.ctx
+        limit = ctx.config.proxy.client_output_buffer_limit
+        transport.set_write_buffer_limits(high=min(256 << 10, limit // 4))
         hs = self._handshake(tls_available=ctx.tls_context is not None)
         self._login = ServerLogin(hs, self, ctx.login_gate, self.address)
         if not ctx.host.accepting:

@@ -266,6 +266,8 @@ class Execution(ClientIntake):
                     inflight.swallowed_error = code  # handled in response_done
                     return
             inflight.forwarded += len(data)
+        if self._output_paused and self._output_overflowed():
+            return
         self.transport.write(data)  # type: ignore[union-attr]
 
     def response_infile(self, conn: BackendConnection) -> None:
