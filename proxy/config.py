@@ -124,6 +124,9 @@ class ProxyConfig:
     client_write_timeout_s: int = 60
     max_queued_commands: int = 64
     max_queued_bytes: int = 16 << 20
+    # Prepared statements open per session at once (error 1461 beyond; MySQL's
+    # max_prepared_stmt_count is the same idea, server-wide).
+    max_prepared_statements: int = 1024
 
     @property
     def tls_enabled(self) -> bool:
@@ -601,6 +604,7 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         client_write_timeout_s=t.integer("client_write_timeout_s", minimum=1),
         max_queued_commands=t.integer("max_queued_commands", minimum=1),
         max_queued_bytes=t.integer("max_queued_bytes", minimum=MIN_PACKET),
+        max_prepared_statements=t.integer("max_prepared_statements", minimum=1),
     )
 
 

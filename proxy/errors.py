@@ -130,6 +130,18 @@ MALFORMED_PACKET = ErrorCode(
 SERVER_SHUTDOWN = ErrorCode(
     1053, "08S01", "Server shutdown in progress", "Baton is shutting down (MySQL's own code).",
 )
+LONG_DATA_TOO_LARGE = ErrorCode(
+    1105, "HY000", "Parameter of prepared statement which is set through mysql_send_long_data() "
+    "is longer than 'max_allowed_packet' bytes ({limit} held per session)",
+    "COM_STMT_SEND_LONG_DATA sent more than [proxy] max_allowed_packet bytes in all before an "
+    "execute (MariaDB's own code and text); the statement's long data was dropped and this "
+    "execute fails; the statement and session stay usable.",
+)
+TOO_MANY_PREPARED = ErrorCode(
+    1461, "42000", "Can't create more than max_prepared_stmt_count statements (current value: {limit})",
+    "The session already had [proxy] max_prepared_statements prepared statements open (MySQL's "
+    "own code and text); close some (COM_STMT_CLOSE, DEALLOCATE) first.",
+)
 UNKNOWN_STMT = ErrorCode(
     1243, "HY000", "Unknown prepared statement handler ({stmt_id}) given to {command}",
     "The client used a statement id it never prepared or already closed (MySQL's own code).",

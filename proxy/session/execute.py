@@ -464,6 +464,15 @@ class Execution(ClientIntake):
 
     # -- LOCAL INFILE -------------------------------------------------------------------------
 
+    def upload_paused(self, paused: bool) -> None:
+        """The backend's socket is full (an upload faster than the server takes it): the
+        client is not read meanwhile, so Baton never holds more than a socket's worth."""
+        self._upload_paused = paused
+        if paused and self._raw_transport is not None:
+            self._raw_transport.pause_reading()
+        elif not paused and self.client_state is not _CLOSED and self._room():
+            self._read_more()
+
     def _infile_packet(self, seq: int, payload: bytes) -> None:
         inflight = self.inflight
         if inflight is None:  # the server answered before the upload ended: drop the rest

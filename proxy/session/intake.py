@@ -91,6 +91,7 @@ class ClientIntake(asyncio.Protocol):
         self.queued_bytes = 0  # payload bytes in ``queue``
         self._draining = False  # _drain is taking packets out of the reader
         self._output_paused = False  # the client's unread replies passed the high-water mark
+        self._upload_paused = False  # the backend is slow to take what the client sends
         self._write_timer: asyncio.TimerHandle | None = None
         self.inflight: Inflight | None = None
         self.connected_at = time.time()
@@ -176,9 +177,10 @@ class ClientIntake(asyncio.Protocol):
         self._draining = True
         try:
             while (state := self.client_state) is not _CLOSED:
-                if state in COMMAND_STATES and not self._room():
-                    # Full (or the client does not read its replies): the rest stays in the
-                    # reader and the socket is not read until the queue is served.
+                if state is not _LOGIN and not self._room():
+                    # Full (or the client does not read its replies, or the backend does not
+                    # take its upload): the rest stays in the reader and the socket is not
+                    # read until there is room.
                     if self._raw_transport is not None:
                         self._raw_transport.pause_reading()
                     return
@@ -201,11 +203,13 @@ class ClientIntake(asyncio.Protocol):
             self._read_more()
 
     def _room(self) -> bool:
-        """May more of the client's commands be taken in? Not while its replies pile up, nor
-        past [proxy] max_queued_commands / max_queued_bytes waiting behind the current one."""
+        """May more of the client's packets be taken in? Not while its replies pile up or its
+        backend does not take its upload, nor past [proxy] max_queued_commands /
+        max_queued_bytes waiting behind the current command."""
         limits = self.ctx.config.proxy
         return (
             not self._output_paused
+            and not self._upload_paused
             and len(self.queue) < limits.max_queued_commands
             and self.queued_bytes < limits.max_queued_bytes
         )
@@ -310,6 +314,7 @@ class ClientIntake(asyncio.Protocol):
     def _after_response(self) -> None:
         """Gives connections back at once when others wait for them (the janitor gives back
         those of sessions idle for a while, see ``release_if_idle``), then serves the queue."""
+        self._upload_paused = False  # whatever the backend still drains, the upload is over
         if self.leases.conns and self.ctx.pools.waiters.n and self.free_to_move:
             self.leases.release_wanted()
         self._next()
