@@ -112,7 +112,12 @@ class Baton:
         self.context.config = config
         self.router.configure(config)
         self.accounts = {
-            u.name: Account(u.name, u.native_hash, u.password.encode() if u.password is not None else None)
+            u.name: Account(
+                u.name,
+                u.native_hash,
+                u.password.encode() if u.password is not None else None,
+                require_tls=u.require_tls,
+            )
             for u in config.users
         }
         proxy = config.proxy

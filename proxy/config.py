@@ -127,6 +127,8 @@ class ProxyConfig:
     # Prepared statements open per session at once (error 1461 beyond; MySQL's
     # max_prepared_stmt_count is the same idea, server-wide).
     max_prepared_statements: int = 1024
+    # Every client must log in over TLS (needs tls_cert); per user: [[users]] require_tls.
+    require_tls: bool = False
 
     @property
     def tls_enabled(self) -> bool:
@@ -259,6 +261,7 @@ class UserConfig:
     password_hash: str | None = field(default=None, repr=False, metadata=_SECRET)
     max_connections: int = 0  # client sessions of this user at once; 0 = unlimited
     max_backend_connections: int = 0  # its share of each backend's pool; 0 = the whole pool
+    require_tls: bool = False  # this user logs in over TLS only (as MySQL's REQUIRE SSL)
 
     @property
     def native_hash(self) -> bytes:
@@ -605,7 +608,20 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         max_queued_commands=t.integer("max_queued_commands", minimum=1),
         max_queued_bytes=t.integer("max_queued_bytes", minimum=MIN_PACKET),
         max_prepared_statements=t.integer("max_prepared_statements", minimum=1),
+        require_tls=_require_tls(t, bool(tls_cert)),
     )
+
+
+def _require_tls(t: _Table, tls_enabled: bool) -> bool:
+    """``require_tls`` of [proxy] or a [[users]] entry: only with client TLS configured."""
+    required = t.flag("require_tls")
+    if required and not tls_enabled:
+        t.report(
+            t.key("require_tls"),
+            "client TLS is not configured: set [proxy] tls_cert and tls_key, or require_tls = false",
+        )
+        return False
+    return required
 
 
 def _check_server_version(value: str) -> None:
@@ -897,6 +913,7 @@ def _read_user(t: _Table, proxy: ProxyConfig) -> UserConfig:
         password_hash=password_hash.upper() if password_hash else None,
         max_connections=t.integer("max_connections", minimum=0),
         max_backend_connections=_backend_share(t, proxy),
+        require_tls=_require_tls(t, proxy.tls_enabled),
     )
 
 

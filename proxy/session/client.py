@@ -97,6 +97,7 @@ class ClientSession(Commands):
             rsa_key=ctx.rsa_key,
             sha2_cache=ctx.sha2_cache,
             capabilities=int(SUPPORTED_CAPABILITIES | compress),
+            require_tls=ctx.config.proxy.require_tls,
         )
         if nonce is not None:
             hs.nonce = nonce  # CHANGE_USER: the scramble of the connection's greeting

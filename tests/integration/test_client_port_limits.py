@@ -2,7 +2,9 @@
 16 KiB (1153), has ``handshake_timeout_ms`` to log in, and only so many connections may wait at
 the login prompt, in all and per address (1040). Those connections do not count toward
 ``max_client_connections``, so silent sockets cannot lock real clients out. An address with
-too many failed logins (a failed CHANGE_USER included) is refused before its greeting (1129)."""
+too many failed logins (a failed CHANGE_USER included) is refused before its greeting (1129).
+A user with ``require_tls`` gets 1045 without TLS, exactly as for a wrong password, and the
+attempt counts; ``[proxy] require_tls`` refuses every plain login with MySQL's 3159."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import pytest
 
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox
-from proxy.sandbox.baton_process import BatonProcess
+from proxy.sandbox.baton_process import BatonProcess, admin_rows
+from tests.support.certs import CertFiles, self_signed_cert
 from tests.support.clients import connector_connect, pymysql_connect
 from tests.support.raw_client import RawClient
 
@@ -129,3 +132,51 @@ def test_a_failed_change_user_counts_as_a_failed_login(
     with pytest.raises(pymysql.err.OperationalError) as caught:
         pymysql_connect(proc)
     assert caught.value.args[0] == 1129
+
+
+# --- require_tls -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    return self_signed_cert(tmp_path_factory.mktemp("certs"))
+
+
+def _ssl(certs: CertFiles) -> dict[str, Any]:
+    return {"ssl_ca": str(certs.cert), "ssl_verify_cert": True}
+
+
+def test_a_user_that_requires_tls_is_refused_without_it_and_the_attempt_counts(
+    sandbox: ReplicationSandbox, baton: Any, certs: CertFiles
+) -> None:
+    proc = baton(
+        sandbox,
+        proxy={"tls_cert": str(certs.cert), "tls_key": str(certs.key), "max_login_failures": 2},
+        users=[{"name": "app", "password": "app", "require_tls": True},
+               {"name": "monitor", "password": "monitor"}],
+    )
+    with pymysql_connect(proc, user="monitor", password="monitor", ssl_disabled=True) as conn:
+        conn.ping()  # other users may still log in without TLS
+    with pymysql_connect(proc, **_ssl(certs)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")  # over TLS: in
+        assert cur.fetchone() == ("app@%",)
+    for _ in range(2):
+        with pytest.raises(pymysql.err.OperationalError) as caught:
+            pymysql_connect(proc, ssl_disabled=True)  # the right password, but no TLS
+        code, message = caught.value.args
+        assert code == 1045 and "Access denied for user 'app'" in message
+    stats = {r["variable"]: r["value"] for r in admin_rows(proc, "SHOW STATS")}
+    assert int(stats["auth_failures"]) == 2
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysql_connect(proc, **_ssl(certs))  # counted as failed logins: throttled now
+    assert caught.value.args[0] == 1129
+
+
+def test_require_tls_for_every_client(sandbox: ReplicationSandbox, baton: Any, certs: CertFiles) -> None:
+    proc = baton(sandbox, proxy={"tls_cert": str(certs.cert), "tls_key": str(certs.key), "require_tls": True})
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysql_connect(proc, ssl_disabled=True)
+    code, message = caught.value.args
+    assert code == 3159 and "insecure transport" in message
+    with pymysql_connect(proc, **_ssl(certs)) as conn:
+        conn.ping()
