@@ -101,6 +101,12 @@ NOT_OWNER = ErrorCode(
     1095, "HY000", "You are not owner of thread {id}",
     "KILL named another user's connection (MySQL's own code).",
 )
+KILL_UNSUPPORTED = ErrorCode(
+    1235, "42000", "Baton does not support {what}: KILL takes a connection id as the greeting "
+    "gave it (KILL [HARD|SOFT] [CONNECTION|QUERY] id)",
+    "A KILL Baton cannot resolve to one of its own sessions (MySQL's code for an unsupported "
+    "feature). It is never sent to a backend, where the number would name another thread.",
+)
 TOO_MANY_CONNECTIONS = ErrorCode(
     1040, "08004", "Too many connections",
     "[proxy] max_client_connections logged-in sessions, or too many connections at the login "

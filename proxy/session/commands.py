@@ -74,7 +74,10 @@ class Commands(PreparedCommands):
         cls = inflight.cls = classify(payload[1:], self.multi_statements)
         kill = cls.kill
         if kill is not None:
-            self._spawn_kill(kill[0], query_only=kill[1])
+            if kill.unsupported:
+                self.finish_with_error(errors.KILL_UNSUPPORTED, what=kill.unsupported)
+            else:
+                self._spawn_kill(kill.target, query_only=kill.query_only)
             return
         self._route(inflight)
 

@@ -47,6 +47,9 @@ class PreparedCommands(Execution):
             self.finish_with_error(errors.TOO_MANY_PREPARED, limit=limit)
             return
         cls = classify(payload[1:])
+        if cls.kill is not None:  # its id would reach a backend at execute time: never
+            self.finish_with_error(errors.KILL_UNSUPPORTED, what="KILL as a prepared statement")
+            return
         router = self.ctx.router
         try:
             if (
