@@ -16,7 +16,7 @@ from . import logs
 from .admin.server import AdminServer
 from .admin.view import ReloadResult
 from .backend import BackendError, Credentials, connect
-from .config import Config, ConfigError, diff_configs, load_config
+from .config import Config, ConfigError, diff_configs, load_config, users_logged_out
 from .health.cluster import ClusterLink
 from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
@@ -401,6 +401,7 @@ class Baton:
 
     async def _apply_reload(self, new: Config) -> None:
         old = self.config
+        self._log_out(users_logged_out(old, new), new.proxy.require_tls)
         old_names = {b.name for b in old.backends}
         new_names = {b.name for b in new.backends}
         for name in old_names - new_names:
@@ -414,6 +415,15 @@ class Baton:
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
             self.spawn(self._check_privileges(new))
+
+    def _log_out(self, users: Collection[str], require_tls: bool) -> None:
+        """Sessions of users a reload removed or changed (and plain sessions when TLS became
+        required) end after their current statement, as a DBA expects of a revoked account."""
+        for session in list(self.sessions.values()):
+            if session.user in users:
+                session.end_after_statement("account removed or changed by reload")
+            elif require_tls and session.user and "tls" not in session.link:
+                session.end_after_statement("require_tls turned on by reload")
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""

@@ -264,6 +264,11 @@ class UserConfig:
     require_tls: bool = False  # this user logs in over TLS only (as MySQL's REQUIRE SSL)
 
     @property
+    def login(self) -> tuple[object, ...]:
+        """What a login as this user is checked against."""
+        return (self.password, self.password_hash, self.require_tls)
+
+    @property
     def native_hash(self) -> bytes:
         """SHA1(SHA1(password)), 20 bytes: what mysql_native_password verifies a scramble against.
 
@@ -1266,6 +1271,15 @@ def _list_diff(
     changed = tuple(n for n in after if n in before and before[n] != after[n])
     changes = [c for n in changed for c in _field_changes(f"{kind}[{n}]", before[n], after[n])]
     return added, removed, changed, changes
+
+
+def users_logged_out(old: Config, new: Config) -> frozenset[str]:
+    """Users whose open sessions a reload ends: removed, or logging in differently now
+    (password, hash or require_tls changed). Limits apply to the next login without that."""
+    after = {u.name: u for u in new.users}
+    return frozenset(
+        u.name for u in old.users if u.name not in after or after[u.name].login != u.login
+    )
 
 
 def diff_configs(old: Config, new: Config) -> ConfigDiff:

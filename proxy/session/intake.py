@@ -93,6 +93,7 @@ class ClientIntake(asyncio.Protocol):
         self._output_paused = False  # the client's unread replies passed the high-water mark
         self._upload_paused = False  # the backend is slow to take what the client sends
         self._write_timer: asyncio.TimerHandle | None = None
+        self._ending = ""  # why the session ends once its current command is answered
         self.inflight: Inflight | None = None
         self.connected_at = time.time()
         self.last_active = time.monotonic()
@@ -315,6 +316,9 @@ class ClientIntake(asyncio.Protocol):
         """Gives connections back at once when others wait for them (the janitor gives back
         those of sessions idle for a while, see ``release_if_idle``), then serves the queue."""
         self._upload_paused = False  # whatever the backend still drains, the upload is over
+        if self._ending:
+            self._close(self._ending)
+            return
         if self.leases.conns and self.ctx.pools.waiters.n and self.free_to_move:
             self.leases.release_wanted()
         self._next()
@@ -384,6 +388,13 @@ class ClientIntake(asyncio.Protocol):
 
     def kill(self, reason: str = "killed by admin") -> None:
         self._close(reason)
+
+    def end_after_statement(self, reason: str) -> None:
+        """Ends the session once its current command is answered (now, if it has none)."""
+        log.info("client_ending client=%s user=%s reason=%s", self.id, self.user, reason)
+        self._ending = reason
+        if self.client_state is _IDLE:
+            self._close(reason)
 
     def _close(self, reason: str) -> None:
         if self.client_state is _CLOSED:
