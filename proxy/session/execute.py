@@ -470,8 +470,8 @@ class Execution(ClientIntake):
         self._upload_paused = paused
         if paused and self._raw_transport is not None:
             self._raw_transport.pause_reading()
-        elif not paused and self.client_state is not _CLOSED and self._room():
-            self._read_more()
+        elif not paused:
+            self._resume_intake()
 
     def _infile_packet(self, seq: int, payload: bytes) -> None:
         inflight = self.inflight

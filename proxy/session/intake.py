@@ -54,6 +54,9 @@ _REPLY_STATUS = int(
 )
 # Bytes inflated from a compressed client per pass; the rest waits until they are served.
 _INFLATE_BUDGET = 4 << 20
+# Packets taken from one client's buffer in one go (pipelined PINGs are answered without a
+# backend, so without this a flood would hold the event loop).
+_PACKETS_PER_PASS = 512
 
 _LOGIN, _IDLE, _INFILE, _CLOSED = (
     ClientState.LOGIN,
@@ -175,9 +178,16 @@ class ClientIntake(asyncio.Protocol):
     def _drain(self) -> None:
         reader = self.reader
         queue = self.queue
+        budget = _PACKETS_PER_PASS
         self._draining = True
         try:
             while (state := self.client_state) is not _CLOSED:
+                budget -= 1
+                if not budget:  # a flood of small commands: let other sessions run, then go on
+                    if self._raw_transport is not None:
+                        self._raw_transport.pause_reading()
+                    asyncio.get_running_loop().call_soon(self._resume_intake)
+                    return
                 if state is not _LOGIN and not self._room():
                     # Full (or the client does not read its replies, or the backend does not
                     # take its upload): the rest stays in the reader and the socket is not
@@ -263,8 +273,8 @@ class ClientIntake(asyncio.Protocol):
         self.leases.resume_reading()
         if self.client_state is _IDLE:
             self._next()  # serves what queued, then reads on
-        elif self.client_state is not _CLOSED and self._room():
-            self._read_more()
+        else:
+            self._resume_intake()
 
     def _write_stalled(self) -> None:
         self._write_timer = None
@@ -284,13 +294,14 @@ class ClientIntake(asyncio.Protocol):
         return True
 
     def _resume_intake(self) -> None:
-        """The queue is empty: take the client's next commands (those the reader kept back
-        first), unless its replies pile up or a drain loop is already taking them."""
+        """Room again (the queue was served, replies drained, an upload's backend caught
+        up): take the packets the reader kept back, then read (or inflate) more. Nothing while
+        a drain loop is taking them, or while there is no room."""
         if (
             self._raw_transport is None
-            or self.client_state not in COMMAND_STATES
-            or self._output_paused
+            or self.client_state is _CLOSED
             or self._draining
+            or not self._room()
         ):
             return
         if self.reader.buffered():

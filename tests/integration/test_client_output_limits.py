@@ -24,6 +24,8 @@ from tests.support.clients import MiB, RssSampler, connector_connect, pymysql_co
 from tests.support.raw_client import canary_running
 
 PING = frame(b"\x0e", 0)
+# 4 Mi PINGs in ~30 KiB of zlib (built once: compressing 20 MiB takes seconds)
+ZWIRE = CompressedStream(level=9).wrap([PING * (4 << 20)])
 
 
 def _push(sock: socket.socket, data: bytes, stall_s: float = 2.0) -> int:
@@ -53,24 +55,23 @@ def _clients(proc: BatonProcess) -> int:
 
 @pytest.fixture
 def proc(sandbox: ReplicationSandbox, baton: Any) -> BatonProcess:
-    return baton(sandbox, proxy={"client_write_timeout_s": 6})
+    return baton(sandbox, proxy={"client_write_timeout_s": 10})
 
 
 def test_clients_that_pipeline_pings_and_never_read_keep_baton_small(proc: BatonProcess) -> None:
     compressed = connector_connect(proc, compress=True)
     zsock = compressed._socket.sock  # the connector's raw socket (pure-Python implementation)
-    zwire = CompressedStream(level=9).wrap([PING * (4 << 20)])  # 4 Mi PINGs in ~20 KiB of zlib
-    assert len(zwire) < 64 << 10
+    assert len(ZWIRE) < 64 << 10
     plain = pymysql_connect(proc)
     psock = plain._sock
     assert psock is not None
     with canary_running(proc, warm_up=5) as bystander, RssSampler(proc.pid) as rss:
         try:
-            assert _push(zsock, zwire) == len(zwire)
+            assert _push(zsock, ZWIRE) == len(ZWIRE)
             _push(psock, PING * (8 << 20))  # up to 8 Mi PINGs (40 MiB)
-            bystander.wait_for(20)  # other sessions are served all along
             assert _clients(proc) == 3  # both flooders still connected, neither read anything
-            wait_for(lambda: _clients(proc) == 1, timeout=15, what="the flooders to be cut")
+            bystander.wait_for(20)  # other sessions are served all along
+            wait_for(lambda: _clients(proc) == 1, timeout=20, what="the flooders to be cut")
             bystander.wait_for(5)
         finally:
             print(f"Baton RSS peak {rss.peak / MiB:.0f} MiB")
