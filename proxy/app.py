@@ -16,7 +16,7 @@ from . import logs
 from .admin.server import AdminServer
 from .admin.view import ProxyView, ReloadResult, WorkerRow
 from .backend import BackendError, Credentials, connect
-from .config import Config, ConfigError, diff_configs, load_config
+from .config import Config, ConfigError, diff_configs, load_config, users_logged_out
 from .health.cluster import ClusterLink
 from .health.election import GtidError, parse_gtid_list
 from .health.events import EventBus, MasterPromoted, SplitBrainSuspected
@@ -113,12 +113,23 @@ class Baton:
         self.context.config = config
         self.router.configure(config)
         self.accounts = {
-            u.name: Account(u.name, u.native_hash, u.password.encode() if u.password is not None else None)
+            u.name: Account(
+                u.name,
+                u.native_hash,
+                u.password.encode() if u.password is not None else None,
+                require_tls=u.require_tls,
+            )
             for u in config.users
         }
         proxy = config.proxy
         tls = server_context(proxy.tls_cert, proxy.tls_key) if proxy.tls_enabled else None
         self.context.tls_context = tls
+        self.context.login_gate.configure(
+            proxy.max_unauthenticated_connections,
+            proxy.max_unauthenticated_per_address,
+            proxy.max_login_failures,
+            proxy.login_failure_window_s,
+        )
         self.pools.configure(config)
 
     @property
@@ -426,6 +437,7 @@ class Baton:
 
     async def _apply_reload(self, new: Config) -> None:
         old = self.config
+        self._log_out(users_logged_out(old, new), new.proxy.require_tls)
         old_names = {b.name for b in old.backends}
         new_names = {b.name for b in new.backends}
         for name in old_names - new_names:
@@ -439,6 +451,15 @@ class Baton:
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
             self.spawn(self._check_privileges(new))
+
+    def _log_out(self, users: Collection[str], require_tls: bool) -> None:
+        """Sessions of users a reload removed or changed (and plain sessions when TLS became
+        required) end after their current statement, as a DBA expects of a revoked account."""
+        for session in list(self.sessions.values()):
+            if session.user in users:
+                session.end_after_statement("account removed or changed by reload")
+            elif require_tls and session.user and "tls" not in session.link:
+                session.end_after_statement("require_tls turned on by reload")
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""

@@ -53,6 +53,7 @@ class ResponseSink(Protocol):
     def response_infile(self, conn: BackendConnection) -> None: ...
     def response_done(self, conn: BackendConnection) -> None: ...
     def backend_lost(self, conn: BackendConnection, reason: str) -> None: ...
+    def upload_paused(self, paused: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,9 @@ class _Collector:
     def backend_lost(self, conn: BackendConnection, reason: str) -> None:
         if not self.future.done():
             self.future.set_exception(BackendError(conn.backend, reason))
+
+    def upload_paused(self, paused: bool) -> None:
+        pass
 
 
 class BackendConnection(asyncio.Protocol):
@@ -197,11 +201,15 @@ class BackendConnection(asyncio.Protocol):
         elif was_alive:
             log.debug("backend connection closed backend=%s thread=%s reason=%s", self.backend, self.thread_id, reason)
 
-    def pause_writing(self) -> None:  # backend slow to take a big client packet
-        pass
+    def pause_writing(self) -> None:
+        """The server is slow to take what a client sends (a LOCAL INFILE upload, a big
+        packet): the session holding it stops reading its client until it drains."""
+        if self.lessee is not None:
+            self.lessee.upload_paused(True)
 
     def resume_writing(self) -> None:
-        pass
+        if self.lessee is not None:
+            self.lessee.upload_paused(False)
 
     # -- login --------------------------------------------------------------------------------
 

@@ -109,6 +109,28 @@ class ProxyConfig:
     shutdown_grace_s: int = 10
     # Processes accepting client connections (SO_REUSEPORT); 0 = "auto", one per core.
     workers: int = 0
+    # Before login (see README, Security): time allowed for the whole login, and how many
+    # connections may be at the login prompt at once, in all and per client address. These do
+    # not count toward max_client_connections, which counts logged-in sessions.
+    handshake_timeout_ms: int = 10_000
+    max_unauthenticated_connections: int = 1000
+    max_unauthenticated_per_address: int = 100
+    # An address with this many failed logins in the window is refused (1129) until the oldest
+    # leaves it; 0 = no throttling. The admin port has its own, stricter: 5 per 60 s.
+    max_login_failures: int = 10
+    login_failure_window_s: int = 60
+    # After login (see README, Security): a client's unread replies past this many bytes, or
+    # none of them read for this long, cut the session; pipelined commands queued behind the
+    # running one, past these, are left unread in the socket.
+    client_output_buffer_limit: int = 16 << 20
+    client_write_timeout_s: int = 60
+    max_queued_commands: int = 64
+    max_queued_bytes: int = 16 << 20
+    # Prepared statements open per session at once (error 1461 beyond; MySQL's
+    # max_prepared_stmt_count is the same idea, server-wide).
+    max_prepared_statements: int = 1024
+    # Every client must log in over TLS (needs tls_cert); per user: [[users]] require_tls.
+    require_tls: bool = False
 
     @property
     def tls_enabled(self) -> bool:
@@ -246,6 +268,12 @@ class UserConfig:
     password_hash: str | None = field(default=None, repr=False, metadata=_SECRET)
     max_connections: int = 0  # client sessions of this user at once; 0 = unlimited
     max_backend_connections: int = 0  # its share of each backend's pool; 0 = the whole pool
+    require_tls: bool = False  # this user logs in over TLS only (as MySQL's REQUIRE SSL)
+
+    @property
+    def login(self) -> tuple[object, ...]:
+        """What a login as this user is checked against."""
+        return (self.password, self.password_hash, self.require_tls)
 
     @property
     def native_hash(self) -> bytes:
@@ -583,6 +611,17 @@ def _read_proxy(t: _Table, base: Path) -> ProxyConfig:
         idle_backend_timeout_s=t.integer("idle_backend_timeout_s", minimum=1),
         pid_file=t.text("pid_file"),
         shutdown_grace_s=t.integer("shutdown_grace_s", minimum=0),
+        handshake_timeout_ms=t.integer("handshake_timeout_ms", minimum=100, maximum=3_600_000),
+        max_unauthenticated_connections=t.integer("max_unauthenticated_connections", minimum=1),
+        max_unauthenticated_per_address=t.integer("max_unauthenticated_per_address", minimum=1),
+        max_login_failures=t.integer("max_login_failures", minimum=0),
+        login_failure_window_s=t.integer("login_failure_window_s", minimum=1, maximum=86_400),
+        client_output_buffer_limit=t.integer("client_output_buffer_limit", minimum=64 << 10),
+        client_write_timeout_s=t.integer("client_write_timeout_s", minimum=1),
+        max_queued_commands=t.integer("max_queued_commands", minimum=1),
+        max_queued_bytes=t.integer("max_queued_bytes", minimum=MIN_PACKET),
+        max_prepared_statements=t.integer("max_prepared_statements", minimum=1),
+        require_tls=_require_tls(t, bool(tls_cert)),
         workers=_read_workers(t),
     )
 
@@ -604,6 +643,18 @@ def _read_workers(t: _Table) -> int:
 
     workers: int = t._get("workers", check, 1)
     return workers
+
+
+def _require_tls(t: _Table, tls_enabled: bool) -> bool:
+    """``require_tls`` of [proxy] or a [[users]] entry: only with client TLS configured."""
+    required = t.flag("require_tls")
+    if required and not tls_enabled:
+        t.report(
+            t.key("require_tls"),
+            "client TLS is not configured: set [proxy] tls_cert and tls_key, or require_tls = false",
+        )
+        return False
+    return required
 
 
 def _check_server_version(value: str) -> None:
@@ -895,6 +946,7 @@ def _read_user(t: _Table, proxy: ProxyConfig) -> UserConfig:
         password_hash=password_hash.upper() if password_hash else None,
         max_connections=t.integer("max_connections", minimum=0),
         max_backend_connections=_backend_share(t, proxy),
+        require_tls=_require_tls(t, proxy.tls_enabled),
     )
 
 
@@ -1248,6 +1300,15 @@ def _list_diff(
     changed = tuple(n for n in after if n in before and before[n] != after[n])
     changes = [c for n in changed for c in _field_changes(f"{kind}[{n}]", before[n], after[n])]
     return added, removed, changed, changes
+
+
+def users_logged_out(old: Config, new: Config) -> frozenset[str]:
+    """Users whose open sessions a reload ends: removed, or logging in differently now
+    (password, hash or require_tls changed). Limits apply to the next login without that."""
+    after = {u.name: u for u in new.users}
+    return frozenset(
+        u.name for u in old.users if u.name not in after or after[u.name].login != u.login
+    )
 
 
 def diff_configs(old: Config, new: Config) -> ConfigDiff:

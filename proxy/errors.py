@@ -101,8 +101,16 @@ NOT_OWNER = ErrorCode(
     1095, "HY000", "You are not owner of thread {id}",
     "KILL named another user's connection (MySQL's own code).",
 )
+KILL_UNSUPPORTED = ErrorCode(
+    1235, "42000", "Baton does not support {what}: KILL takes a connection id as the greeting "
+    "gave it (KILL [HARD|SOFT] [CONNECTION|QUERY] id)",
+    "A KILL Baton cannot resolve to one of its own sessions (MySQL's code for an unsupported "
+    "feature). It is never sent to a backend, where the number would name another thread.",
+)
 TOO_MANY_CONNECTIONS = ErrorCode(
-    1040, "08004", "Too many connections", "[proxy] max_client_connections reached (MySQL's own code).",
+    1040, "08004", "Too many connections",
+    "[proxy] max_client_connections logged-in sessions, or too many connections at the login "
+    "prompt (in all or from this address), on that port (MySQL's own code).",
 )
 USER_CONNECTIONS_LIMIT = ErrorCode(
     1226, "42000",
@@ -115,7 +123,8 @@ UNKNOWN_COMMAND = ErrorCode(
 )
 PACKET_TOO_LARGE = ErrorCode(
     1153, "08S01", "Got a packet bigger than 'max_allowed_packet' bytes",
-    "A client packet exceeded [proxy] max_allowed_packet (MySQL's own code); the connection is closed.",
+    "A client packet exceeded [proxy] max_allowed_packet, or 16 KiB before login (MySQL's own "
+    "code); the connection is closed.",
 )
 PACKETS_OUT_OF_ORDER = ErrorCode(
     1156, "08S01", "Got packets out of order", "A client packet had a wrong sequence id (MySQL's own code).",
@@ -127,6 +136,18 @@ MALFORMED_PACKET = ErrorCode(
 SERVER_SHUTDOWN = ErrorCode(
     1053, "08S01", "Server shutdown in progress", "Baton is shutting down (MySQL's own code).",
 )
+LONG_DATA_TOO_LARGE = ErrorCode(
+    1105, "HY000", "Parameter of prepared statement which is set through mysql_send_long_data() "
+    "is longer than 'max_allowed_packet' bytes ({limit} held per session)",
+    "COM_STMT_SEND_LONG_DATA sent more than [proxy] max_allowed_packet bytes in all before an "
+    "execute (MariaDB's own code and text); the statement's long data was dropped and this "
+    "execute fails; the statement and session stay usable.",
+)
+TOO_MANY_PREPARED = ErrorCode(
+    1461, "42000", "Can't create more than max_prepared_stmt_count statements (current value: {limit})",
+    "The session already had [proxy] max_prepared_statements prepared statements open (MySQL's "
+    "own code and text); close some (COM_STMT_CLOSE, DEALLOCATE) first.",
+)
 UNKNOWN_STMT = ErrorCode(
     1243, "HY000", "Unknown prepared statement handler ({stmt_id}) given to {command}",
     "The client used a statement id it never prepared or already closed (MySQL's own code).",
@@ -134,8 +155,8 @@ UNKNOWN_STMT = ErrorCode(
 
 LOGIN_THROTTLED = ErrorCode(
     1129, "HY000", "Host '{host}' is blocked after {failures} failed logins; retry in {retry_s} s",
-    "Too many failed logins from this address on the admin port (MySQL's own code for a "
-    "blocked host); it may try again when the oldest failure is a minute old.",
+    "Too many failed logins from this address on this port (MySQL's own code for a blocked "
+    "host); it may try again when the oldest failure leaves the window.",
 )
 ADMIN_SYNTAX = ErrorCode(
     1064, "42000", "Baton admin: {reason}. Accepted: {accepted}",

@@ -1,4 +1,4 @@
-"""Failed-login throttling per client address (the admin port uses it; the client port will).
+"""Failed-login throttling per client address, on the client and admin ports.
 
 A sliding window, as fail2ban or MySQL's max_connect_errors but forgiving: an address with
 ``max_failures`` failed logins in the last ``window_s`` seconds is refused before it sees a
@@ -24,14 +24,24 @@ class LoginThrottle:
     max_addresses: int = 10_000
     _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
 
+    def configure(self, max_failures: int, window_s: float) -> None:
+        """New limits (a reload); 0 failures turns throttling off and forgets every record."""
+        if max_failures != self.max_failures:
+            self._failures.clear()  # each record holds at most max_failures times
+        self.max_failures, self.window_s = max_failures, window_s
+
     def retry_after(self, address: str) -> float:
         """0 if ``address`` may try to log in now, else the seconds until it may."""
+        if self.max_failures <= 0:
+            return 0.0
         times = self._recent(address)
         if times is None or len(times) < self.max_failures:
             return 0.0
         return max(0.0, times[0] + self.window_s - self.clock())
 
     def failed(self, address: str) -> None:
+        if self.max_failures <= 0:
+            return
         times = self._recent(address)
         if times is None:
             if len(self._failures) >= self.max_addresses:

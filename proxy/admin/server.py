@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -48,7 +47,7 @@ from ..protocol.packets import (
     encode_terminator,
 )
 from ..protocol.wire import ProtocolError
-from ..server_login import ServerLogin
+from ..server_login import PRE_AUTH_MAX_PACKET, LoginGate, ServerLogin
 from ..throttle import LoginThrottle
 from .commands import ADMIN_REFUSED, Done, Refused, Reply, execute
 from .tables import Table
@@ -61,10 +60,8 @@ log = logging.getLogger("baton.admin")
 # No multi-statements (one command per COM_QUERY), no LOCAL INFILE, no TLS.
 ADMIN_CAPABILITIES = int(SUPPORTED_CAPABILITIES & ~(Capability.MULTI_STATEMENTS | Capability.LOCAL_FILES))
 ADMIN_MAX_PACKET = 1 << 20
-# Before login a client is a stranger: a handshake response fits in a few KiB, and only so many
-# strangers (and so many per address) may wait at the login prompt, so that silent sockets
-# cannot lock the operator out.
-PRE_AUTH_MAX_PACKET = 16 << 10
+# Only so many strangers (and so many per address) may wait at the login prompt, so that silent
+# sockets cannot lock the operator out (``server_login.LoginGate``).
 MAX_UNAUTHENTICATED = 64
 MAX_UNAUTHENTICATED_PER_ADDRESS = 8
 LOGIN_TIMEOUT_S = 10.0
@@ -82,7 +79,11 @@ class AdminServer(OperatorListener):
     def __init__(self, app: ProxyView) -> None:
         super().__init__(app, "admin", lambda: AdminSession(app, self))
         self.sessions: set[AdminSession] = set()
-        self.throttle = LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S)
+        self.gate = LoginGate(
+            MAX_UNAUTHENTICATED,
+            MAX_UNAUTHENTICATED_PER_ADDRESS,
+            LoginThrottle(ADMIN_MAX_LOGIN_FAILURES, ADMIN_LOGIN_WINDOW_S),
+        )
 
     def close(self) -> None:
         super().close()
@@ -114,19 +115,6 @@ class AdminSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
-        if self._too_many_strangers():
-            log.warning("admin_login_refused_busy peer=%s", self.peer)
-            self._fatal(errors.TOO_MANY_CONNECTIONS.frame(0), "too many unauthenticated sessions")
-            return
-        self.server.sessions.add(self)
-        retry_s = math.ceil(self.server.throttle.retry_after(self.address))
-        if retry_s:
-            log.warning("admin_login_throttled peer=%s retry_s=%s", self.peer, retry_s)
-            error = errors.LOGIN_THROTTLED.frame(
-                0, host=self.address, failures=self.server.throttle.max_failures, retry_s=retry_s
-            )
-            self._fatal(error, "too many failed logins")
-            return
         hs = ServerHandshake(
             server_version=self.app.server_version,
             connection_id=self.id,
@@ -135,13 +123,15 @@ class AdminSession(asyncio.Protocol):
             auth_plugin=NATIVE_PASSWORD,
             capabilities=ADMIN_CAPABILITIES,
         )
-        self._login = ServerLogin(hs, self)
+        self._login = ServerLogin(hs, self, self.server.gate, self.address)
+        refusal = self._login.admit()
+        if refusal is not None:
+            event = "admin_login_throttled" if refusal.throttled else "admin_login_refused_busy"
+            log.warning("%s peer=%s reason=%s", event, self.peer, refusal.reason)
+            self._fatal(refusal.error, refusal.reason)
+            return
+        self.server.sessions.add(self)
         self._login.greet(LOGIN_TIMEOUT_S)
-
-    def _too_many_strangers(self) -> bool:
-        waiting = [s for s in self.server.sessions if not s.logged_in]
-        same = sum(1 for s in waiting if s.address == self.address)
-        return len(waiting) >= MAX_UNAUTHENTICATED or same >= MAX_UNAUTHENTICATED_PER_ADDRESS
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -185,7 +175,6 @@ class AdminSession(asyncio.Protocol):
 
     def login_refused(self, user: str, reply: bytes) -> None:
         log.warning("admin_login_refused user=%s peer=%s", user, self.peer)
-        self.server.throttle.failed(self.address)
         self._fatal(reply, "authentication failed")
 
     def login_succeeded(self, auth: Authenticated) -> None:
@@ -193,7 +182,6 @@ class AdminSession(asyncio.Protocol):
         self.capabilities = auth.capabilities
         self.logged_in = True
         self.reader.max_payload = ADMIN_MAX_PACKET
-        self.server.throttle.succeeded(self.address)
         log.info("admin_login user=%s peer=%s", auth.user, self.peer)
         self._write(frame(encode_ok(OkPacket(status=_STATUS), self.capabilities), auth.seq))
 

@@ -48,6 +48,8 @@ from .wire import ProtocolError
 
 ER_ACCESS_DENIED = 1045
 ER_HANDSHAKE_ERROR = 1043
+ER_SECURE_TRANSPORT_REQUIRED = 3159
+_INSECURE = "Connections using insecure transport are prohibited while --require_secure_transport=ON."
 ER_NOT_SUPPORTED_AUTH_MODE = 1251
 
 
@@ -73,6 +75,7 @@ class Account:
     name: str
     native_stage2: bytes = field(repr=False)
     password: bytes | None = field(default=None, repr=False)  # known only when configured in plain text
+    require_tls: bool = False  # refused (as a wrong password) without TLS, as REQUIRE SSL
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,9 @@ class ServerHandshake:
     nonce: bytes = field(default_factory=random_nonce)
     # Verified caching_sha2 logins of hash-only users, so the next login can take the fast path.
     sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
+    # Every login must be over TLS (MySQL's require_secure_transport): refused with 3159 at the
+    # login response, before any password is looked at.
+    require_tls: bool = False
 
     def __post_init__(self) -> None:
         if self.tls_available:
@@ -179,6 +185,8 @@ class ServerHandshake:
                 self._tls = True
                 return [StartTLS()]
             self._response = resp
+            if self.require_tls and not self._tls:
+                return [self._fail(seq, ER_SECURE_TRANSPORT_REQUIRED, "HY000", _INSECURE)]
             account = self.lookup(resp.user)
             self._account = account
             client_plugin = resp.auth_plugin if resp.capabilities & Capability.PLUGIN_AUTH else NATIVE_PASSWORD
@@ -229,6 +237,8 @@ class ServerHandshake:
                 return [self._deny(seq)]
             return [self._success(seq, stage1, account.password)]
         # caching_sha2_password
+        if account.require_tls and not self._tls:
+            return self._full_auth(seq)  # no fast-path "OK" that would reveal the password was right
         if not response:
             if account.password == b"":
                 return [self._success(seq, None, b"")]
@@ -266,7 +276,12 @@ class ServerHandshake:
             self.sha2_cache[account.name] = (auth.sha2_stage2(password), auth.native_stage1(password))
         return [self._success(seq, auth.native_stage1(password), password)]
 
-    def _success(self, seq: int, stage1: bytes | None, password: bytes | None) -> Authenticated:
+    def _success(
+        self, seq: int, stage1: bytes | None, password: bytes | None
+    ) -> Authenticated | Failed:
+        account = self._account
+        if account is not None and account.require_tls and not self._tls:
+            return self._deny(seq)  # the same answer as a wrong password: no oracle
         self._state = _SrvState.DONE
         resp = self._response
         assert resp is not None

@@ -151,6 +151,18 @@ class SetItem:
 
 
 @dataclass(frozen=True, slots=True)
+class KillRequest:
+    """A KILL statement as Baton answers it. Its number is a Baton connection id (the one in
+    the greeting); on a backend it would name another thread, so a KILL is never forwarded:
+    either ``target`` is resolved among Baton's sessions, or ``unsupported`` says which form
+    Baton refuses (KILL USER, KILL QUERY ID, an expression, ...)."""
+
+    target: int = 0
+    query_only: bool = False
+    unsupported: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Classification:
     kind: Kind
     master_only: bool = False  # must run on the master (always true for WRITE)
@@ -167,8 +179,8 @@ class Classification:
     parts: tuple[Classification, ...] = ()  # one per statement of a multi-statement
     # CREATE/ALTER/DROP/RENAME/TRUNCATE: a replica that has not applied it fails reads.
     ddl: bool = False
-    # KILL [QUERY | CONNECTION] <id>: (id, query only). Baton answers it, it is never sent.
-    kill: tuple[int, bool] | None = None
+    # Any KILL: Baton answers it (or refuses it), it is never sent (see ``KillRequest``).
+    kill: KillRequest | None = None
     # Only ``SET @baton_consistency = ...``: Baton's own setting, never sent to a backend.
     local: bool = False
     # Named locks (see the "named locks" section): literal-name calls, in statement order.
@@ -1050,18 +1062,29 @@ def _get(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
     return _write(hint)
 
 
-_KILL = re.compile(rb"\s+(?:(QUERY|CONNECTION)\s+)?(\d+)\s*;?\s*\Z", re.I)
+_KILL_TAIL = re.compile(rb"[\s;]*\Z")
 
 
 def _kill(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
-    # KILL QUERY ID <query id> and KILL USER are forwarded as they are (plain writes).
-    m = _KILL.match(raw, pos)
-    if m is None:
-        return _write(hint)
-    query_only = (m.group(1) or b"").upper() == b"QUERY"
-    return Classification(
-        _WRITE_KIND, master_only=True, hint=hint, kill=(int(m.group(2)), query_only)
-    )
+    """KILL [HARD | SOFT] [CONNECTION | QUERY] <id> (MariaDB's and MySQL's forms). Comments
+    are skipped; the content of executable comments counts, as the server reads it."""
+    words = _KILL_TAIL.sub(b"", _blank(raw)[pos:]).upper().split()
+    return Classification(_WRITE_KIND, master_only=True, hint=hint, kill=_kill_request(words))
+
+
+def _kill_request(words: list[bytes]) -> KillRequest:
+    i = 1 if words[:1] in ([b"HARD"], [b"SOFT"]) else 0
+    query_only = words[i : i + 1] == [b"QUERY"]
+    if query_only or words[i : i + 1] == [b"CONNECTION"]:
+        i += 1
+    rest = words[i:]
+    if query_only and rest[:1] == [b"ID"]:
+        return KillRequest(unsupported="KILL QUERY ID (a server's query id)")
+    if rest[:1] == [b"USER"]:
+        return KillRequest(unsupported="KILL USER")
+    if len(rest) == 1 and rest[0].isdigit():
+        return KillRequest(int(rest[0]), query_only)
+    return KillRequest(unsupported="KILL of anything but a connection id number")
 
 
 _Handler = Callable[[bytes, int, "Hint | None", int], Classification]
@@ -1140,9 +1163,12 @@ def _combine(parts: tuple[Classification, ...], hint: Hint | None) -> Classifica
     kind = kinds.pop() if len(kinds) == 1 and kinds <= {Kind.READ, Kind.SESSION} else Kind.WRITE
     pin = unpin = None
     schema = temp_table = None
+    kill = None
     for p in parts:
         pin = _pick(pin, p.pin)
         unpin = unpin or p.unpin
+        if p.kill is not None:
+            kill = _KILL_IN_MULTI
         schema = p.schema or schema
         temp_table = p.temp_table or temp_table
     return Classification(
@@ -1159,7 +1185,11 @@ def _combine(parts: tuple[Classification, ...], hint: Hint | None) -> Classifica
         parts=parts,
         lock_calls=tuple(c for p in parts for c in p.lock_calls),
         lock_names_unknown=any(p.lock_names_unknown for p in parts),
+        kill=kill,
     )
+
+
+_KILL_IN_MULTI = KillRequest(unsupported="KILL in a multi-statement query")
 
 
 def _classify(

@@ -34,7 +34,13 @@ class PreparedStatement:
     types_sent: set[BackendConnection] = field(default_factory=set)  # conns that know the types
     param_types: bytes | None = None
     long_data: list[bytes] = field(default_factory=list)  # SEND_LONG_DATA payloads, client ids
+    long_data_size: int = 0  # bytes in long_data
+    long_data_dropped: bool = False  # past the session's cap: the next execute fails
     cursor_conn: BackendConnection | None = None  # connection holding an open cursor for FETCH
+
+    def clear_long_data(self) -> None:
+        self.long_data.clear()
+        self.long_data_size = 0
 
     def forget(self, conn: BackendConnection) -> None:
         """``conn`` left the session: its statement id and cursor mean nothing any more."""
@@ -58,6 +64,18 @@ class SessionStatements(dict[int, PreparedStatement]):
     def forget(self, conn: BackendConnection) -> None:
         for stmt in self.values():
             stmt.forget(conn)
+
+    def hold_long_data(self, stmt: PreparedStatement, payload: bytes, limit: int) -> None:
+        """Keeps a SEND_LONG_DATA payload for the next execute, while the session holds at
+        most ``limit`` bytes of them; past it, the statement's long data is dropped and its
+        next execute fails (as a server past max_allowed_packet would)."""
+        held = sum(s.long_data_size for s in self.values())
+        if stmt.long_data_dropped or held + len(payload) > limit:
+            stmt.long_data_dropped = True
+            stmt.clear_long_data()
+            return
+        stmt.long_data.append(payload)
+        stmt.long_data_size += len(payload)
 
     @property
     def cursor_open(self) -> bool:

@@ -31,7 +31,7 @@ from ..protocol.handshake import Authenticated, ServerHandshake
 from ..protocol.packets import HandshakeResponse, encode_err, encode_handshake_response
 from ..protocol.wire import PayloadReader, ProtocolError
 from ..routing.session_state import StateRestoreError
-from ..server_login import ServerLogin
+from ..server_login import Refusal, ServerLogin
 from ..tls import TLSTransport
 from .commands import Commands
 from .context import SessionContext
@@ -58,19 +58,32 @@ class ClientSession(Commands):
         tcp_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
-        transport.set_write_buffer_limits(high=256 * 1024)
+        self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
         ctx = self.ctx
-        accepting = ctx.host.accepting
-        if not accepting or len(ctx.sessions) >= ctx.config.proxy.max_client_connections:
-            reason = errors.SERVER_SHUTDOWN if not accepting else errors.TOO_MANY_CONNECTIONS
-            transport.write(reason.frame(0))
+        limit = ctx.config.proxy.client_output_buffer_limit
+        transport.set_write_buffer_limits(high=min(256 << 10, limit // 4))
+        hs = self._handshake(tls_available=ctx.tls_context is not None)
+        self._login = ServerLogin(hs, self, ctx.login_gate, self.address)
+        if not ctx.host.accepting:
+            refusal: Refusal | None = Refusal(errors.SERVER_SHUTDOWN.frame(0), "shutting down", False)
+        elif self._logged_in_sessions() >= ctx.config.proxy.max_client_connections:
+            refusal = Refusal(errors.TOO_MANY_CONNECTIONS.frame(0), "max_client_connections", False)
+        else:
+            refusal = self._login.admit()  # strangers and failed logins per address
+        if refusal is not None:
+            event = "client_login_throttled" if refusal.throttled else "client_refused"
+            log.warning("%s peer=%s reason=%s", event, self.peer, refusal.reason)
+            transport.write(refusal.error)
             transport.close()
             self.change_state(_S.CLOSED)
             return
         ctx.sessions[self.id] = self
         ctx.stats.client_connections += 1
-        self._login = ServerLogin(self._handshake(tls_available=ctx.tls_context is not None), self)
-        self._login.greet(ctx.handshake_timeout_s)
+        self._login.greet(ctx.config.proxy.handshake_timeout_ms / 1000)
+
+    def _logged_in_sessions(self) -> int:
+        """Open sessions past their login (those at the login prompt have limits of their own)."""
+        return len(self.ctx.sessions) - self.ctx.login_gate.waiting
 
     def _handshake(
         self, tls_available: bool = False, nonce: bytes | None = None
@@ -87,6 +100,7 @@ class ClientSession(Commands):
             rsa_key=ctx.rsa_key,
             sha2_cache=ctx.sha2_cache,
             capabilities=int(SUPPORTED_CAPABILITIES | compress),
+            require_tls=ctx.config.proxy.require_tls,
         )
         if nonce is not None:
             hs.nonce = nonce  # CHANGE_USER: the scramble of the connection's greeting
@@ -120,6 +134,12 @@ class ClientSession(Commands):
             self._close("handshake timeout")
 
     def login_succeeded(self, auth: Authenticated) -> None:
+        proxy = self.ctx.config.proxy
+        if self.credentials is None:  # the connection's login (not a CHANGE_USER)
+            if self._logged_in_sessions() > proxy.max_client_connections:
+                self._fatal(errors.TOO_MANY_CONNECTIONS.frame(auth.seq), "max_client_connections")
+                return
+            self.reader.max_payload = proxy.max_allowed_packet
         ctx = self.ctx
         account = ctx.config.user(auth.user)
         if account is not None:
@@ -205,7 +225,7 @@ class ClientSession(Commands):
         nonce = self._login.hs.nonce if self._login is not None else b""
         hs = self._handshake(nonce=nonce)
         hs.expect_change_user(tls_active=self._tls is not None)
-        self._login = ServerLogin(hs, self)
+        self._login = ServerLogin(hs, self, self.ctx.login_gate, self.address)  # failures count
         self.change_state(_S.LOGIN)
         self._login.receive(0, response)
 

@@ -44,8 +44,9 @@ class Commands(PreparedCommands):
     def _next(self) -> None:
         """Serves queued commands until one has to wait for a backend."""
         queue = self.queue
-        while queue and self.client_state is _IDLE:
+        while queue and self.client_state is _IDLE and not self._output_paused:
             seq, payload = queue.popleft()
+            self.queued_bytes -= len(payload)
             if seq != 0:
                 self._fatal(
                     errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), f"command with sequence id {seq}"
@@ -73,7 +74,10 @@ class Commands(PreparedCommands):
         cls = inflight.cls = classify(payload[1:], self.multi_statements)
         kill = cls.kill
         if kill is not None:
-            self._spawn_kill(kill[0], query_only=kill[1])
+            if kill.unsupported:
+                self.finish_with_error(errors.KILL_UNSUPPORTED, what=kill.unsupported)
+            else:
+                self._spawn_kill(kill.target, query_only=kill.query_only)
             return
         self._route(inflight)
 

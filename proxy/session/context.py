@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..user_limits import UserLimits
+from ..server_login import LoginGate
+from ..throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -69,4 +71,4 @@ class SessionContext:
     sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     pause_timeout_s: float = 60.0  # PAUSE holds statements at most this long
     user_limits: UserLimits = field(default_factory=UserLimits)  # [[users]] max_connections
-    handshake_timeout_s: float = 10.0
+    login_gate: LoginGate = field(default_factory=lambda: LoginGate(1000, 100, LoginThrottle()))

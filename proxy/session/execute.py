@@ -270,6 +270,8 @@ class Execution(StatementEffects):
                     inflight.swallowed_error = code  # handled in response_done
                     return
             inflight.forwarded += len(data)
+        if self._output_paused and self._output_overflowed():
+            return
         self.transport.write(data)  # type: ignore[union-attr]
 
     def response_infile(self, conn: BackendConnection) -> None:
@@ -398,6 +400,15 @@ class Execution(StatementEffects):
         self.finish_with_error(errors.TRANSACTION_LOST, backend=backend)
 
     # -- LOCAL INFILE -------------------------------------------------------------------------
+
+    def upload_paused(self, paused: bool) -> None:
+        """The backend's socket is full (an upload faster than the server takes it): the
+        client is not read meanwhile, so Baton never holds more than a socket's worth."""
+        self._upload_paused = paused
+        if paused and self._raw_transport is not None:
+            self._raw_transport.pause_reading()
+        elif not paused:
+            self._resume_intake()
 
     def _infile_packet(self, seq: int, payload: bytes) -> None:
         inflight = self.inflight

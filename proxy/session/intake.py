@@ -3,9 +3,12 @@ backpressure, the session's state machine, Baton's own replies and teardown.
 
 What each command does is decided further up (``execute``, ``prepared``, ``commands``); this
 layer only knows that packets from the client are commands once logged in, that one command
-is served at a time (the rest queue, and past ``_MAX_QUEUED`` the socket is not read), and
-that when the client's socket buffer fills (``pause_writing``) reading from its backends
-pauses, so a huge result set streams at the client's pace instead of filling memory.
+is served at a time (the rest queue, and past ``[proxy] max_queued_commands`` or
+``max_queued_bytes`` the socket is not read), and that when the client's socket buffer fills
+(``pause_writing``) reading from its backends and from the client pauses, so a huge result set
+streams at the client's pace and a client that does not read its replies (pipelined PINGs)
+cannot make Baton buffer them. Past ``client_output_buffer_limit`` unread bytes, or after
+``client_write_timeout_s`` without reading, the client is cut.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..protocol.packets import OkPacket, encode_err, encode_ok
 from ..protocol.wire import ProtocolError
 from ..routing.session_state import SessionState, StateRestoreError
 from ..routing.statements import SessionStatements
+from ..server_login import PRE_AUTH_MAX_PACKET
 from ..tls import TLSTransport
 from .leases import Why
 from .state import COMMAND_STATES, ClientState, Inflight, SessionRouting, next_state
@@ -48,10 +52,11 @@ _REPLY_STATUS = int(
     | ServerStatus.IN_TRANS_READONLY
     | ServerStatus.NO_BACKSLASH_ESCAPES
 )
-# Pipelined commands queued before Baton stops reading the client's socket.
-_MAX_QUEUED = 64
 # Bytes inflated from a compressed client per pass; the rest waits until they are served.
 _INFLATE_BUDGET = 4 << 20
+# Packets taken from one client's buffer in one go (pipelined PINGs are answered without a
+# backend, so without this a flood would hold the event loop).
+_PACKETS_PER_PASS = 512
 
 _LOGIN, _IDLE, _INFILE, _CLOSED = (
     ClientState.LOGIN,
@@ -76,14 +81,22 @@ class ClientIntake(asyncio.Protocol):
         self._tls: TLSTransport | None = None
         self._zstream: CompressedStream | None = None  # the client asked for compression
         self.peer = ""
+        self.address = ""  # the client host, which login limits count by
         self.client_state = _LOGIN
-        self.reader = PacketReader(ctx.config.proxy.max_allowed_packet)
+        # Strangers send small packets; the login raises this to max_allowed_packet.
+        self.reader = PacketReader(PRE_AUTH_MAX_PACKET)
         self.user = ""
         self.capabilities = 0
         self.state = SessionState()  # what the session SET: replayed on each connection
         self.routing = SessionRouting()  # what the router reads
         self.stmts = SessionStatements()
         self.queue: deque[tuple[int, bytes]] = deque()
+        self.queued_bytes = 0  # payload bytes in ``queue``
+        self._draining = False  # _drain is taking packets out of the reader
+        self._output_paused = False  # the client's unread replies passed the high-water mark
+        self._upload_paused = False  # the backend is slow to take what the client sends
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._ending = ""  # why the session ends once its current command is answered
         self.inflight: Inflight | None = None
         self.connected_at = time.time()
         self.last_active = time.monotonic()
@@ -113,7 +126,7 @@ class ClientIntake(asyncio.Protocol):
         self._stream_received(data)
 
     def _inflate(self, data: bytes = b"") -> None:
-        """Compressed bytes in: inflate a budget's worth and serve it; more when it is served.
+        """Compressed bytes in: inflate a budget's worth and serve it; more when there is room.
 
         While whole compressed packets wait (the budget ran out), the socket is not read:
         the client's own commands pace how much of its zlib Baton expands.
@@ -129,29 +142,29 @@ class ClientIntake(asyncio.Protocol):
                 f"malformed compressed packet: {exc}",
             )
             return
-        if stream:
-            self._stream_received(stream)
         raw = self._raw_transport
-        if self.client_state is _CLOSED or raw is None:
-            return
-        if zstream.backlog:
+        if raw is not None and zstream.backlog:
             raw.pause_reading()
-            if self.client_state is _INFILE or (self.client_state is _IDLE and not self.queue):
-                # Nothing queued will call back (a file upload, or a packet still partial).
-                asyncio.get_running_loop().call_soon(self._inflate)
-        elif len(self.queue) <= _MAX_QUEUED:
-            raw.resume_reading()  # the backlog is gone; a partial packet needs the rest
+        if stream:
+            self._stream_received(stream)  # its drain asks for more when there is room
+        elif raw is not None and not zstream.backlog and self._room():
+            raw.resume_reading()  # a partial compressed packet needs the rest
 
     def _stream_received(self, data: bytes) -> None:
         """The plain packet stream (after TLS and compression, where the client uses them)."""
         self.last_active = time.monotonic()
-        if self.client_state is _IDLE and not self.queue:
+        if self.client_state is _IDLE and not self.queue and not self._output_paused:
             pkt = self.reader.take_whole(data)
             if pkt is not None:  # the usual case: one whole command, nothing queued
                 self.queue.append(pkt)
+                self.queued_bytes += len(pkt[1])
                 self._next()
                 return
         self.reader.feed(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Takes whole packets out of the reader while there is room for them."""
         try:
             self._drain()
         except PacketTooLarge:
@@ -164,19 +177,63 @@ class ClientIntake(asyncio.Protocol):
 
     def _drain(self) -> None:
         reader = self.reader
-        while self.client_state is not _CLOSED and (pkt := reader.next_packet()) is not None:
-            seq, payload = pkt
-            state = self.client_state
-            if state in COMMAND_STATES:
-                self.queue.append(pkt)
-                if state is _IDLE:
-                    self._next()
-                elif len(self.queue) > _MAX_QUEUED and self._raw_transport is not None:
-                    self._raw_transport.pause_reading()
-            elif state is _INFILE:
-                self._infile_packet(seq, payload)
-            elif state is _LOGIN:
-                self._login_packet(seq, payload)
+        queue = self.queue
+        budget = _PACKETS_PER_PASS
+        self._draining = True
+        try:
+            while (state := self.client_state) is not _CLOSED:
+                budget -= 1
+                if not budget:  # a flood of small commands: let other sessions run, then go on
+                    if self._raw_transport is not None:
+                        self._raw_transport.pause_reading()
+                    asyncio.get_running_loop().call_soon(self._resume_intake)
+                    return
+                if state is not _LOGIN and not self._room():
+                    # Full (or the client does not read its replies, or the backend does not
+                    # take its upload): the rest stays in the reader and the socket is not
+                    # read until there is room.
+                    if self._raw_transport is not None:
+                        self._raw_transport.pause_reading()
+                    return
+                pkt = reader.next_packet()
+                if pkt is None:
+                    break
+                seq, payload = pkt
+                if state in COMMAND_STATES:
+                    queue.append(pkt)
+                    self.queued_bytes += len(payload)
+                    if state is _IDLE:
+                        self._next()
+                elif state is _INFILE:
+                    self._infile_packet(seq, payload)
+                elif state is _LOGIN:
+                    self._login_packet(seq, payload)
+        finally:
+            self._draining = False
+        if self.client_state is not _CLOSED and self._room():
+            self._read_more()
+
+    def _room(self) -> bool:
+        """May more of the client's packets be taken in? Not while its replies pile up or its
+        backend does not take its upload, nor past [proxy] max_queued_commands /
+        max_queued_bytes waiting behind the current command."""
+        limits = self.ctx.config.proxy
+        return (
+            not self._output_paused
+            and not self._upload_paused
+            and len(self.queue) < limits.max_queued_commands
+            and self.queued_bytes < limits.max_queued_bytes
+        )
+
+    def _read_more(self) -> None:
+        """Take the client's next bytes: inflate what waits, else read the socket."""
+        raw = self._raw_transport
+        if raw is None:
+            return
+        if self._zstream is not None and self._zstream.backlog:
+            asyncio.get_running_loop().call_soon(self._inflate)
+        else:
+            raw.resume_reading()
 
     def _next(self) -> None:
         """Serves queued commands until one has to wait (``commands.Commands``)."""
@@ -196,18 +253,61 @@ class ClientIntake(asyncio.Protocol):
         self._close("client disconnected" if exc is None else f"client connection lost: {exc}")
 
     def pause_writing(self) -> None:
+        """The client's output buffer passed its high-water mark: stop producing replies
+        (backends are not read, the client's next commands are not served or read) until it
+        drains. A client that reads nothing for [proxy] client_write_timeout_s is cut."""
+        self._output_paused = True
         self.leases.pause_reading()
+        if self._raw_transport is not None:
+            self._raw_transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        timeout = self.ctx.config.proxy.client_write_timeout_s
+        self._write_timer = loop.call_later(timeout, self._write_stalled)
+        loop.call_soon(self._output_overflowed)  # the write that paused may be past the limit
 
     def resume_writing(self) -> None:
+        self._output_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self.leases.resume_reading()
+        if self.client_state is _IDLE:
+            self._next()  # serves what queued, then reads on
+        else:
+            self._resume_intake()
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        timeout = self.ctx.config.proxy.client_write_timeout_s
+        log.warning("client_output_stalled client=%s peer=%s timeout_s=%s", self.id, self.peer, timeout)
+        self._close(f"client read nothing for {timeout} s")
+
+    def _output_overflowed(self) -> bool:
+        """True (and the session is cut) if the client's unread replies passed the hard limit,
+        [proxy] client_output_buffer_limit. Only asked while output is paused."""
+        raw = self._raw_transport
+        limit = self.ctx.config.proxy.client_output_buffer_limit
+        if raw is None or self.client_state is _CLOSED or raw.get_write_buffer_size() <= limit:
+            return False
+        log.warning("client_output_overflow client=%s peer=%s limit=%s", self.id, self.peer, limit)
+        self._close(f"unread replies passed client_output_buffer_limit ({limit} bytes)")
+        return True
 
     def _resume_intake(self) -> None:
-        """The queue is empty: read (or inflate) the client's next commands."""
-        if self._raw_transport is not None and self.client_state in COMMAND_STATES:
-            if self._zstream is not None and self._zstream.backlog:
-                asyncio.get_running_loop().call_soon(self._inflate)
-            else:
-                self._raw_transport.resume_reading()
+        """Room again (the queue was served, replies drained, an upload's backend caught
+        up): take the packets the reader kept back, then read (or inflate) more. Nothing while
+        a drain loop is taking them, or while there is no room."""
+        if (
+            self._raw_transport is None
+            or self.client_state is _CLOSED
+            or self._draining
+            or not self._room()
+        ):
+            return
+        if self.reader.buffered():
+            self._pump()
+        else:
+            self._read_more()
 
     # -- pooling between statements -----------------------------------------------------------
 
@@ -226,6 +326,10 @@ class ClientIntake(asyncio.Protocol):
     def _after_response(self) -> None:
         """Gives connections back at once when others wait for them (the janitor gives back
         those of sessions idle for a while, see ``release_if_idle``), then serves the queue."""
+        self._upload_paused = False  # whatever the backend still drains, the upload is over
+        if self._ending:
+            self._close(self._ending)
+            return
         if self.leases.conns and self.ctx.pools.waiters.n and self.free_to_move:
             self.leases.release_wanted()
         self._next()
@@ -234,6 +338,8 @@ class ClientIntake(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
+        if self._output_paused and self._output_overflowed():
+            return
         self.transport.write(data)
 
     def _ok(self, seq: int, info: bytes = b"") -> bytes:
@@ -301,6 +407,13 @@ class ClientIntake(asyncio.Protocol):
     def kill(self, reason: str = "killed by admin") -> None:
         self._close(reason)
 
+    def end_after_statement(self, reason: str) -> None:
+        """Ends the session once its current command is answered (now, if it has none)."""
+        log.info("client_ending client=%s user=%s reason=%s", self.id, self.user, reason)
+        self._ending = reason
+        if self.client_state is _IDLE:
+            self._close(reason)
+
     def _close(self, reason: str) -> None:
         if self.client_state is _CLOSED:
             return
@@ -316,6 +429,8 @@ class ClientIntake(asyncio.Protocol):
             self.leases.release(conn, Why.BUSY if busy or in_trx else Why.IDLE)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         log.debug("client_closed client=%s reason=%s", self.id, reason)
 
     def _closing(self) -> None:

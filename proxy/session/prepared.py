@@ -42,7 +42,14 @@ class PreparedCommands(Execution):
         if self.routing.trx_lost is not None:
             self._transaction_lost_reply(inflight)
             return
+        limit = self.ctx.config.proxy.max_prepared_statements
+        if len(self.stmts) >= limit:
+            self.finish_with_error(errors.TOO_MANY_PREPARED, limit=limit)
+            return
         cls = classify(payload[1:])
+        if cls.kill is not None:  # its id would reach a backend at execute time: never
+            self.finish_with_error(errors.KILL_UNSUPPORTED, what="KILL as a prepared statement")
+            return
         router = self.ctx.router
         try:
             if (
@@ -99,6 +106,11 @@ class PreparedCommands(Execution):
         stmt = self._stmt_lookup(payload, _EXECUTE)
         if stmt is None:
             return
+        if stmt.long_data_dropped:
+            stmt.long_data_dropped = False
+            limit = self.ctx.config.proxy.max_allowed_packet
+            self.finish_with_error(errors.LONG_DATA_TOO_LARGE, limit=limit)
+            return
         types = execute_types(payload, stmt.params)
         if types is not None:
             stmt.param_types = types
@@ -126,7 +138,7 @@ class PreparedCommands(Execution):
                     Command.STMT_SEND_LONG_DATA,
                     self,
                 )
-            stmt.long_data.clear()
+            stmt.clear_long_data()
             add = None if conn in stmt.types_sent else stmt.param_types
             stmt.types_sent.add(conn)
             return rewrite_execute(inflight.payload, backend_id, stmt.params, add)
@@ -135,7 +147,7 @@ class PreparedCommands(Execution):
     def _stmt_send_long_data(self, payload: bytes) -> None:
         stmt = self.stmts.get(statement_id(payload))
         if stmt is not None:  # no response either way, as the server would do
-            stmt.long_data.append(payload)
+            self.stmts.hold_long_data(stmt, payload, self.ctx.config.proxy.max_allowed_packet)
         self._next()
 
     def _stmt_close(self, payload: bytes) -> None:
@@ -153,7 +165,8 @@ class PreparedCommands(Execution):
         stmt = self._stmt_lookup(payload, Command.STMT_RESET)
         if stmt is None:
             return
-        stmt.long_data.clear()
+        stmt.clear_long_data()
+        stmt.long_data_dropped = False
         conn = stmt.cursor_conn
         stmt.cursor_conn = None
         if conn is not None and conn.alive and conn in stmt.backend_ids:

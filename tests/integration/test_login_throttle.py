@@ -49,6 +49,17 @@ def test_a_success_clears_the_record() -> None:
     assert throttle.retry_after("a") == 0
 
 
+def test_zero_failures_turns_throttling_off() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_failures=2, window_s=60, clock=clock)
+    throttle.failed("a")
+    throttle.failed("a")
+    assert throttle.retry_after("a") > 0
+    throttle.configure(0, 60)  # a reload
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 0 and not throttle._failures
+
+
 def test_memory_is_bounded() -> None:
     clock = Clock()
     throttle = LoginThrottle(max_failures=2, window_s=60, clock=clock, max_addresses=100)

@@ -46,8 +46,10 @@ def parse_err(payload: bytes) -> Err | None:
 class RawClient:
     """A MySQL client that is just a socket: log in properly, then send whatever."""
 
-    def __init__(self, port: int, timeout: float = 5) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+        )
         self.reader = PacketReader()
 
     def close(self) -> None:

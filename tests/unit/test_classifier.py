@@ -13,6 +13,7 @@ from proxy.routing import classifier
 from proxy.routing.classifier import (
     Classification,
     Hint,
+    KillRequest,
     Kind,
     Pin,
     SetItem,
@@ -964,3 +965,44 @@ def test_bulk_write_is_scanned_for_pins_only_up_to_the_limit() -> None:
     assert classify(b"INSERT INTO t VALUES (GET_LOCK('a', 1)), " + pad + b"(2, 'y')").pin is GL
     late = classify(b"INSERT INTO t VALUES " + pad + b"(GET_LOCK('a', 1))")
     assert (late.kind, late.master_only, late.pin) == (W, True, None)  # documented limit
+
+
+# --- KILL: answered by Baton, never forwarded ------------------------------------------------
+
+KILLS = [
+    (b"KILL 5", KillRequest(5)),
+    (b"kill query 7 ;", KillRequest(7, query_only=True)),
+    (b"KILL HARD 5", KillRequest(5)),
+    (b"KILL SOFT QUERY 5", KillRequest(5, query_only=True)),
+    (b"KILL HARD CONNECTION 5", KillRequest(5)),
+    (b"KILL /*c*/ 5", KillRequest(5)),
+    (b"KILL 5 -- why", KillRequest(5)),
+    (b"/*!50000 KILL 5 */", KillRequest(5)),
+    (b"KILL /*!HARD*/ QUERY 5", KillRequest(5, query_only=True)),
+    (b"/* baton:replica */ KILL 3", KillRequest(3)),
+]
+REFUSED_KILLS = [
+    (b"KILL QUERY ID 5", "KILL QUERY ID"),
+    (b"KILL USER app", "KILL USER"),
+    (b"KILL HARD CONNECTION USER 'app'@'%'", "KILL USER"),
+    (b"KILL SOFT", "connection id number"),
+    (b"KILL 1+1", "connection id number"),
+    (b"KILL @id", "connection id number"),
+    (b"KILL (5)", "connection id number"),
+    (b"SELECT 1; KILL 5", "multi-statement"),
+    (b"KILL QUERY 5; SELECT SLEEP(1)", "multi-statement"),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), KILLS, ids=[k[0].decode() for k in KILLS])
+def test_kill_forms_resolve_to_a_baton_connection_id(sql: bytes, expected: KillRequest) -> None:
+    c = classify(sql)
+    assert c.kill == expected and c.master_only
+
+
+@pytest.mark.parametrize(("sql", "why"), REFUSED_KILLS, ids=[k[0].decode() for k in REFUSED_KILLS])
+def test_kill_forms_baton_cannot_resolve_are_refused_not_forwarded(sql: bytes, why: str) -> None:
+    kill = classify(sql).kill
+    assert kill is not None and why in kill.unsupported
+    if sql.startswith(b"KILL"):  # (without multi-statements, "SELECT 1; KILL 5" is a syntax error)
+        assert classify(sql, multi_statements=False).kill is not None

@@ -119,3 +119,18 @@ def test_reprs_of_credential_holders_never_show_secrets() -> None:
     for hidden in (stage1, auth.native_stage2(secret), secret):
         assert repr(hidden)[2:-1] not in shown and hidden.hex() not in shown
     assert "5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3" not in shown
+
+
+def test_require_tls_needs_client_tls(tmp_path: Path) -> None:
+    self_signed_cert(tmp_path)
+    source = str(tmp_path / "config.toml")
+    text = '[proxy]\nrequire_tls = true\n' + backend() + USER + "require_tls = true\n"
+    assert errors_of(text, source) == [
+        f"{source}: proxy.require_tls: client TLS is not configured: set [proxy] tls_cert and "
+        "tls_key, or require_tls = false",
+        f"{source}: users[0].require_tls: client TLS is not configured: set [proxy] tls_cert and "
+        "tls_key, or require_tls = false",
+    ]
+    tls = '[proxy]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\nrequire_tls = true\n'
+    config = parse_config(tls + backend() + USER + "require_tls = true\n", source)
+    assert config.proxy.require_tls and config.users[0].require_tls

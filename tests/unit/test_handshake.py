@@ -631,3 +631,51 @@ def test_baton_client_and_server_agree(  # type: ignore[no-untyped-def]
         assert isinstance(outcome, Authenticated), outcome
         assert outcome.stage1 == hashlib.sha1(PASSWORD).digest()
         assert srv.tls_active == tls
+
+
+# --- require_tls -----------------------------------------------------------------------------
+
+
+def _tls_required(name: str = USER) -> Account:
+    return dataclasses.replace(known(name), require_tls=True)
+
+
+@pytest.mark.parametrize("plugin", [NATIVE_PASSWORD, CACHING_SHA2_PASSWORD])
+def test_a_user_that_requires_tls_is_denied_without_it_as_for_a_wrong_password(
+    rsa_key, plugin: str  # type: ignore[no-untyped-def]
+) -> None:
+    """The right password without TLS gets exactly what a wrong one gets: no oracle."""
+
+    def exchange(password: bytes) -> list[object]:
+        hs = server(_tls_required(), auth_plugin=plugin, rsa_key=rsa_key, tls_available=True)
+        seen: list[object] = []
+        actions = hs.receive(1, login_payload(hs.nonce, password=password, plugin=plugin))
+        seen.append(sent(actions))
+        if plugin == CACHING_SHA2_PASSWORD:  # full authentication over RSA
+            [(_, key)] = sent(hs.receive(3, b"\x02"))
+            actions = hs.receive(5, auth.rsa_encrypt_password(password, hs.nonce, key[1:]))
+        [failed] = [a for a in actions if not isinstance(a, Send)]
+        assert isinstance(failed, Failed)
+        seen.append((failed.error.code, failed.error.sqlstate, failed.error.message))
+        return seen
+
+    right, wrong = exchange(PASSWORD), exchange(b"guess")
+    assert right == wrong and right[-1][0] == 1045, (right, wrong)
+
+
+def test_a_user_that_requires_tls_logs_in_over_tls() -> None:
+    hs = server(_tls_required(), tls_available=True)
+    assert isinstance(hs.receive(1, encode_ssl_request(CLIENT_CAPS, 45))[0], StartTLS)
+    [ok] = hs.receive(2, login_payload(hs.nonce))
+    assert isinstance(ok, Authenticated)
+
+
+def test_require_tls_for_everyone_refuses_a_plain_login_before_any_password_check() -> None:
+    hs = server(known(), tls_available=True, require_tls=True)
+    [failed] = hs.receive(1, login_payload(hs.nonce))
+    assert isinstance(failed, Failed)
+    assert (failed.error.code, failed.error.sqlstate) == (3159, "HY000")
+    assert "insecure transport are prohibited" in failed.error.message
+    hs = server(known(), tls_available=True, require_tls=True)
+    hs.receive(1, encode_ssl_request(CLIENT_CAPS, 45))
+    assert isinstance(hs.receive(2, login_payload(hs.nonce))[0], Authenticated)
