@@ -85,6 +85,10 @@ class Kind(Enum):
     DEALLOCATE = "deallocate"
     OTHER = "other"  # empty or comment-only statement: nothing to run
 
+    # Members are singletons compared by identity: hash them as objects. Enum's own
+    # __hash__ is a Python function (hash of the name), called on every dict or set lookup.
+    __hash__ = object.__hash__
+
 
 class Pin(Enum):
     """Server-side state that exists only on the backend that created it."""
@@ -97,6 +101,8 @@ class Pin(Enum):
     FOUND_ROWS = "found_rows"
     HANDLER = "handler"  # HANDLER t OPEN keeps a cursor open
     XA = "xa"  # XA START .. XA COMMIT/ROLLBACK
+
+    __hash__ = object.__hash__  # as Kind's
 
 
 class LockFunction(Enum):
