@@ -29,6 +29,20 @@ from .wire import PayloadReader, ProtocolError
 _MORE = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR = int(ServerStatus.CURSOR_EXISTS)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+_STMT_FETCH = int(Command.STMT_FETCH)
+
+
+def _ok_status(data: bytes | memoryview, pos: int, end: int) -> int:
+    """The status flags of the OK packet whose affected-rows field starts at data[pos]
+    (the packet ends at ``end``); -1 if it is too short to hold them."""
+    for _ in range(2):  # affected rows, last insert id: length-encoded integers
+        if pos >= end:
+            return -1
+        b = data[pos]
+        pos += 1 if b < 0xFB else (3 if b == 0xFC else 4 if b == 0xFD else 9)
+    if pos + 2 > end:
+        return -1
+    return data[pos] | (data[pos + 1] << 8)
 
 
 class _State(IntEnum):
@@ -174,12 +188,58 @@ class ResponseTracker:
                     first = data[pos + 4]
                     if state == _ROWS or state == _FIELD_LIST:
                         if (first == 0xFE and length < MAX_PAYLOAD) or first == 0xFF:
+                            if (
+                                first == 0xFE
+                                and 5 <= length < 9
+                                and state == _ROWS
+                                and not self.collect
+                                and not self.deprecate_eof
+                            ):
+                                # The EOF that ends a result set, read in place (what
+                                # _packet and _status_from do for it, without the copy).
+                                status = data[pos + 7] | (data[pos + 8] << 8)
+                                self.status = status
+                                self._results += 1
+                                if status & _MORE and self._command != _STMT_FETCH:
+                                    self.state = _RESULT_START
+                                else:
+                                    self.state = _DONE
+                                pos = end
+                                continue
                             payload = bytes(data[pos + 4 : end])
                             if self.collect:
                                 self.packets.append(payload)
                             self._packet(first, payload)
                         elif self.collect:
                             self.packets.append(bytes(data[pos + 4 : end]))
+                    elif state == _RESULT_START and 0 < first < 0xFB and not self.collect:
+                        self._count = first  # a column count below 251 (one byte)
+                        self.state = _COLUMNS
+                    elif (
+                        state == _COLUMNS_EOF
+                        and first == 0xFE
+                        and 5 <= length < 9
+                        and not self.collect
+                    ):
+                        status = data[pos + 7] | (data[pos + 8] << 8)
+                        self.status = status
+                        if status & _CURSOR:
+                            self._results += 1
+                            self.state = _DONE
+                        else:
+                            self.state = _ROWS
+                    elif (
+                        state == _RESULT_START
+                        and first == 0x00
+                        and not self.collect
+                        and (status := _ok_status(data, pos + 5, end)) >= 0
+                        and not status & _STATE_CHANGED
+                    ):
+                        # An OK packet (a write, BEGIN, SET...) without session-state
+                        # changes, read in place; anything else takes _packet's way.
+                        self.status = status
+                        self._results += 1
+                        self.state = _RESULT_START if status & _MORE else _DONE
                     elif state == _COLUMNS:
                         if self.collect:
                             self.packets.append(bytes(data[pos + 4 : end]))
