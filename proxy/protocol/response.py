@@ -94,6 +94,12 @@ def expects_response(command: int) -> bool:
     return _START_STATE.get(command, _SINGLE) != _DONE
 
 
+# ``ResponseTracker.state`` values its callers test on the hot path (the properties ``done``
+# and ``awaiting_infile`` say the same, at the price of a call).
+DONE = _DONE
+AWAITING_INFILE = _INFILE
+
+
 class ResponseTracker:
     """Feed it the bytes of one response; it says when the response ends. Sans-I/O."""
 
@@ -180,6 +186,11 @@ class ResponseTracker:
             if state == _DONE or state == _INFILE:
                 return pos
             if not self._remaining and not self._hdr and not self._continued and pos + 4 < n:
+                if not self.collect:
+                    end = self._whole_packets(data, pos, n)
+                    if end != pos:
+                        pos = end
+                        continue
                 # Fast path: a whole packet inside this chunk (the usual case) is judged in
                 # place, without buffering it byte by byte.
                 length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
@@ -188,58 +199,12 @@ class ResponseTracker:
                     first = data[pos + 4]
                     if state == _ROWS or state == _FIELD_LIST:
                         if (first == 0xFE and length < MAX_PAYLOAD) or first == 0xFF:
-                            if (
-                                first == 0xFE
-                                and 5 <= length < 9
-                                and state == _ROWS
-                                and not self.collect
-                                and not self.deprecate_eof
-                            ):
-                                # The EOF that ends a result set, read in place (what
-                                # _packet and _status_from do for it, without the copy).
-                                status = data[pos + 7] | (data[pos + 8] << 8)
-                                self.status = status
-                                self._results += 1
-                                if status & _MORE and self._command != _STMT_FETCH:
-                                    self.state = _RESULT_START
-                                else:
-                                    self.state = _DONE
-                                pos = end
-                                continue
                             payload = bytes(data[pos + 4 : end])
                             if self.collect:
                                 self.packets.append(payload)
                             self._packet(first, payload)
                         elif self.collect:
                             self.packets.append(bytes(data[pos + 4 : end]))
-                    elif state == _RESULT_START and 0 < first < 0xFB and not self.collect:
-                        self._count = first  # a column count below 251 (one byte)
-                        self.state = _COLUMNS
-                    elif (
-                        state == _COLUMNS_EOF
-                        and first == 0xFE
-                        and 5 <= length < 9
-                        and not self.collect
-                    ):
-                        status = data[pos + 7] | (data[pos + 8] << 8)
-                        self.status = status
-                        if status & _CURSOR:
-                            self._results += 1
-                            self.state = _DONE
-                        else:
-                            self.state = _ROWS
-                    elif (
-                        state == _RESULT_START
-                        and first == 0x00
-                        and not self.collect
-                        and (status := _ok_status(data, pos + 5, end)) >= 0
-                        and not status & _STATE_CHANGED
-                    ):
-                        # An OK packet (a write, BEGIN, SET...) without session-state
-                        # changes, read in place; anything else takes _packet's way.
-                        self.status = status
-                        self._results += 1
-                        self.state = _RESULT_START if status & _MORE else _DONE
                     elif state == _COLUMNS:
                         if self.collect:
                             self.packets.append(bytes(data[pos + 4 : end]))
@@ -298,6 +263,73 @@ class ResponseTracker:
         return pos
 
     # -- internals --------------------------------------------------------------------------
+
+    def _whole_packets(self, data: bytes | memoryview, pos: int, n: int) -> int:
+        """The usual response, read in place: whole packets of a result set (column count,
+        column definitions, EOFs, rows) or an OK without session-state changes, as long as
+        they lie whole in ``data`` from ``pos``. Returns where it stopped: at the end of the
+        response, of the data, or at a packet it leaves to the general reading (ERR, OK with
+        session state, a frame of 16 MiB, DEPRECATE_EOF terminators...). Same outcome as
+        ``_packet`` and ``_status_from``, without copying payloads or calling per packet."""
+        state = self.state
+        count = self._count
+        eof = not self.deprecate_eof
+        while pos + 4 < n:
+            length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
+            end = pos + 4 + length
+            if not length or end > n or length >= MAX_PAYLOAD:
+                break
+            first = data[pos + 4]
+            if state == _ROWS:
+                if first == 0xFE or first == 0xFF:
+                    if first == 0xFF or not eof or not 5 <= length < 9:
+                        break
+                    status = data[pos + 7] | (data[pos + 8] << 8)
+                    self.status = status
+                    self._results += 1
+                    if status & _MORE and self._command != _STMT_FETCH:
+                        state = _RESULT_START
+                    else:
+                        state = _DONE
+                        pos = end
+                        break
+            elif state == _COLUMNS:
+                count -= 1
+                if count <= 0:
+                    state = _COLUMNS_EOF if eof else _ROWS
+            elif state == _RESULT_START:
+                if 0 < first < 0xFB:  # a column count below 251 (one byte)
+                    count = first
+                    state = _COLUMNS
+                elif first == 0x00:
+                    status = _ok_status(data, pos + 5, end)
+                    if status < 0 or status & _STATE_CHANGED:
+                        break
+                    self.status = status
+                    self._results += 1
+                    if not status & _MORE:
+                        state = _DONE
+                        pos = end
+                        break
+                else:
+                    break
+            elif state == _COLUMNS_EOF:
+                if first != 0xFE or not 5 <= length < 9:
+                    break
+                status = data[pos + 7] | (data[pos + 8] << 8)
+                self.status = status
+                if status & _CURSOR:
+                    self._results += 1
+                    state = _DONE
+                    pos = end
+                    break
+                state = _ROWS
+            else:
+                break
+            pos = end
+        self.state = state
+        self._count = count
+        return pos
 
     def _wants(self, first: int, length: int) -> bool:
         """Must this packet be buffered to decide what comes next?"""

@@ -964,3 +964,25 @@ def test_bulk_write_is_scanned_for_pins_only_up_to_the_limit() -> None:
     assert classify(b"INSERT INTO t VALUES (GET_LOCK('a', 1)), " + pad + b"(2, 'y')").pin is GL
     late = classify(b"INSERT INTO t VALUES " + pad + b"(GET_LOCK('a', 1))")
     assert (late.kind, late.master_only, late.pin) == (W, True, None)  # documented limit
+
+
+def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() -> None:
+    stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
+    stmts += [b"SELECT @a := 1", b"KILL 7", b"SET @baton_consistency = 'session'", b"DROP TABLE t"]
+    first = [classify(s) for s in stmts]
+    assert len(classifier._CACHE_MULTI) <= classifier._CACHE_SIZE
+    again = [classify(s) for s in stmts]
+    classifier._CACHE_MULTI.clear()
+    fresh = [classify(s) for s in stmts]
+    assert first == again == fresh
+    assert fresh[-4].pin is Pin.USER_VAR_ASSIGN and fresh[-3].kill == (7, False)
+    assert fresh[-2].local and fresh[-1].ddl
+    # keyed by the multi-statements setting too: the same text may split or not
+    two = b"SELECT 1; SELECT @a := 2"
+    assert classify(two, multi_statements=True).parts
+    assert not classify(two, multi_statements=False).parts
+    assert classify(two, multi_statements=True).parts
+    # long texts are classified every time, never kept
+    big = b"SELECT * FROM t WHERE id IN (" + b",".join(b"%d" % i for i in range(200)) + b")"
+    classify(big)
+    assert big not in classifier._CACHE_MULTI
