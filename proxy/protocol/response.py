@@ -30,6 +30,7 @@ _MORE = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR = int(ServerStatus.CURSOR_EXISTS)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 _STMT_FETCH = int(Command.STMT_FETCH)
+_MAX = MAX_PAYLOAD
 
 
 def _ok_status(data: bytes | memoryview, pos: int, end: int) -> int:
@@ -277,22 +278,31 @@ class ResponseTracker:
         while pos + 4 < n:
             length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
             end = pos + 4 + length
-            if not length or end > n or length >= MAX_PAYLOAD:
+            if not length or end > n or length >= _MAX:
                 break
             first = data[pos + 4]
             if state == _ROWS:
-                if first == 0xFE or first == 0xFF:
-                    if first == 0xFF or not eof or not 5 <= length < 9:
-                        break
-                    status = data[pos + 7] | (data[pos + 8] << 8)
-                    self.status = status
-                    self._results += 1
-                    if status & _MORE and self._command != _STMT_FETCH:
-                        state = _RESULT_START
-                    else:
-                        state = _DONE
+                if first != 0xFE and first != 0xFF:  # a row: skip it, and the rows after it
+                    pos = end
+                    while pos + 4 < n:
+                        length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
+                        end = pos + 4 + length
+                        first = data[pos + 4]
+                        if not length or end > n or length >= _MAX or first == 0xFE or first == 0xFF:
+                            break
                         pos = end
-                        break
+                    continue
+                if first == 0xFF or not eof or not 5 <= length < 9:
+                    break  # ERR, or a terminator to read in full
+                status = data[pos + 7] | (data[pos + 8] << 8)  # the EOF ending the rows
+                self.status = status
+                self._results += 1
+                if status & _MORE and self._command != _STMT_FETCH:
+                    state = _RESULT_START
+                else:
+                    state = _DONE
+                    pos = end
+                    break
             elif state == _COLUMNS:
                 count -= 1
                 if count <= 0:
