@@ -19,9 +19,10 @@ does), and it does not depend on how much CPU the other tenants of the machine l
 same machine: the ratio of their medians is the figure to trust on a shared host.
 
 ``--callgrind`` runs Baton under ``valgrind --tool=callgrind`` with instrumentation switched on
-only for the measured runs (``callgrind_control``) and reports instructions per statement:
-the steadiest figure there is (it does not move with the machine's load at all), at the price
-of Baton running ~50x slower. ``--profile`` runs Baton with cProfile switched on (SIGUSR2) for
+only for the measured runs (``callgrind_control``) and reports instructions per statement.
+Baton's monitor and timers run on wall time while valgrind slows Baton ~50x, so their share
+swells and the totals move between identical runs (25% seen): use it for a profile
+(``callgrind_annotate``), and ``--compare`` for figures. ``--profile`` runs Baton with cProfile switched on (SIGUSR2) for
 the measured runs only and writes pstats to the given file, plus the top functions.
 
 Not a test; figures go to stdout (and ``--json PATH``).
