@@ -23,6 +23,7 @@ import platform
 import re
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from perf.haproxy import HAProxy, haproxy_version
 from perf.proc_stats import machine_sample, total_cpu_seconds, tree_sample, tree_usage
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
 from proxy.sandbox.baton_process import BatonProcess
+from proxy.sandbox.processes import spawn
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
@@ -219,6 +221,35 @@ def check_target(target: Target, timeout: float = 10) -> None:
             time.sleep(0.2)
 
 
+class TreeBaton(BatonProcess):
+    """Baton run from another source tree: ``python -m proxy`` with DIR as the working
+    directory imports DIR/proxy (e.g. ``git archive main | tar -x -C DIR``)."""
+
+    def __init__(self, config_text: str, workdir: Path, root: Path, prefix: list[str] | None = None,
+                 module: str = "proxy") -> None:
+        super().__init__(config_text, workdir)
+        self.root = root
+        self.prefix = prefix or []
+        self.module = module
+
+    def start(self, timeout: float = 20) -> BatonProcess:
+        argv = [*self.prefix, sys.executable, "-m", self.module, "run", "--config", str(self.config_path)]
+        self.process = spawn(argv, log_path=self.log_path, cwd=self.root,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.proxy_port or 0), timeout=0.5):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"Baton exited while starting:\n{self.log_text()}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"Baton did not start:\n{self.log_text()}") from None
+                time.sleep(0.1)
+
+
 # --- config overrides ----------------------------------------------------------------------------
 
 
@@ -335,7 +366,10 @@ class Bench:
             )
             self.baton_config = self.baton_config or config
             self.baton_configs[name] = config
-            baton = BatonProcess(config, self.workdir / name)
+            baton = (
+                TreeBaton(config, self.workdir / name, self.args.compare_tree.resolve())
+                if name == "baton-ref" else BatonProcess(config, self.workdir / name)
+            )
             self.batons[name] = baton
             self.baton = self.baton or baton
             return Target(name, proxy_port, baton)
@@ -349,6 +383,8 @@ class Bench:
                 names.extend(f"baton-w{n}" for n in self.args.workers)
             else:
                 names.append(name)
+            if name == "baton" and self.args.compare_tree:
+                names.append("baton-ref")
         return names
 
     def prepare(self) -> None:
@@ -717,6 +753,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baton-config-section", metavar="SECTION.KEY=VALUE", type=parse_override,
                    action="append", default=[],
                    help="override Baton's config (repeatable), e.g. routing.read_write_split=false")
+    p.add_argument("--compare-tree", metavar="DIR", type=Path, default=None,
+                   help="also run target baton-ref: Baton from DIR/proxy (e.g. `git archive main | "
+                        "tar -x -C DIR`), to compare two versions in one run")
     p.add_argument("--ps", action="store_true", help="prepared statements (--db-ps-mode=auto)")
     p.add_argument("--tables", type=int, default=4, help="sysbench tables (default 4)")
     p.add_argument("--table-size", type=int, default=10000, help="rows per table (default 10000)")

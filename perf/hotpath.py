@@ -50,13 +50,13 @@ from perf.bench import (
     PASSWORD,
     SYSBENCH,
     USER,
+    TreeBaton,
     override_sections,
     parse_override,
     parse_sysbench,
 )
 from proxy.sandbox import ReplicationSandbox, free_ports
 from proxy.sandbox.baton_process import REPO_ROOT, BatonProcess
-from proxy.sandbox.processes import spawn
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Statements per sysbench event (transaction) of each test, to turn --events into a count
@@ -86,35 +86,6 @@ class Run:
     system_us: float
     total_us: float  # from schedstat
     instructions: float | None  # per statement, --callgrind only
-
-
-class ProfiledBaton(BatonProcess):
-    """Baton started behind a wrapper: valgrind, or perf._profiled (cProfile on SIGUSR2)."""
-
-    def __init__(self, config_text: str, workdir: Path, prefix: list[str], module: str = "proxy",
-                 root: Path = REPO_ROOT):
-        super().__init__(config_text, workdir)
-        self.prefix = prefix
-        self.module = module
-        self.root = root  # `python -m proxy` imports proxy/ from here (the working directory)
-
-    def start(self, timeout: float = 20) -> BatonProcess:
-        argv = [*self.prefix, sys.executable, "-m", self.module, "run", "--config", str(self.config_path)]
-        self.process = spawn(argv, log_path=self.log_path, cwd=self.root,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout
-        import socket
-
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.proxy_port or 0), timeout=0.5):
-                    return self
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"Baton exited while starting:\n{self.log_text()}") from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Baton did not start:\n{self.log_text()}") from None
-                time.sleep(0.1)
 
 
 def sysbench(test: str, port: int, threads: int, events: int, table_size: int, command: str = "run") -> str:
@@ -205,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="baton-hotpath-") as tmp:
         workdir = Path(tmp)
         sandbox = ReplicationSandbox(workdir / "sandbox", replicas=2)
-        batons: list[tuple[str, ProfiledBaton, int]] = []
+        batons: list[tuple[str, TreeBaton, int]] = []
         try:
             sandbox.start()
             sysbench("oltp_read_write", sandbox.master.port, 1, 0, args.table_size, "prepare")
@@ -224,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 (port,) = free_ports(1)
                 config = sandbox.config_toml(port, admin_port=0, metrics_port=0,
                                              **override_sections(args.baton_config_section))
-                baton = ProfiledBaton(config, workdir / f"baton-{label}", prefix, module, root)
+                baton = TreeBaton(config, workdir / f"baton-{label}", root, prefix, module)
                 batons.append((label, baton, port))
                 baton.start(timeout=300 if args.callgrind else 20)
                 # Warm up: connections to every backend, the interpreter's caches.
