@@ -8,6 +8,7 @@ Prints one table per test and writes every number to perf/results/<timestamp>.js
 
     .venv/bin/python -m perf.bench --duration 20 --rounds 2 --threads 8
     .venv/bin/python -m perf.bench --targets haproxy,baton --baton-config-section routing.read_write_split=false
+    .venv/bin/python -m perf.bench --workers 1,2 --threads 8,32     # sweeps: [proxy] workers, clients
 
 See perf/README.md for what each column means and how far to trust it.
 """
@@ -22,6 +23,7 @@ import platform
 import re
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,9 +38,10 @@ from typing import Any, Protocol
 import pymysql
 
 from perf.haproxy import HAProxy, haproxy_version
-from perf.proc_stats import machine_sample, sample, total_cpu_seconds
+from perf.proc_stats import machine_sample, total_cpu_seconds, tree_sample, tree_usage
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
 from proxy.sandbox.baton_process import BatonProcess
+from proxy.sandbox.processes import spawn
 
 PERF_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PERF_DIR.parent
@@ -75,6 +78,10 @@ class SysbenchResult:
     reconnects: int
     p95_ms: float
     seconds: float
+    # From sysbench's latency histogram (--histogram=on), per event (transaction); None when
+    # the output has no histogram.
+    p50_ms: float | None = None
+    p99_ms: float | None = None
 
 
 _SYSBENCH_FIELDS = {
@@ -95,7 +102,10 @@ def parse_sysbench(output: str) -> SysbenchResult:
         if match is None:
             raise ValueError(f"sysbench output has no {name!r} line")
         found[name] = match.groups()
+    percentiles = histogram_percentiles(output, (50, 99))
     return SysbenchResult(
+        p50_ms=percentiles.get(50),
+        p99_ms=percentiles.get(99),
         transactions=int(found["transactions"][0]),
         tps=float(found["transactions"][1]),
         queries=int(found["queries"][0]),
@@ -107,7 +117,32 @@ def parse_sysbench(output: str) -> SysbenchResult:
     )
 
 
-def sysbench_argv(test: str, port: int, args: argparse.Namespace, command: str) -> list[str]:
+_HISTOGRAM_ROW = re.compile(r"^\s*([\d.]+)\s*\|[*\s]*\s(\d+)\s*$", re.M)
+
+
+def histogram_percentiles(output: str, wanted: tuple[int, ...]) -> dict[int, float]:
+    """Percentiles (ms) from sysbench's "Latency histogram" (value | stars count rows): the
+    smallest value with at least p% of the events at or below it. {} without a histogram."""
+    start = output.find("Latency histogram")
+    if start < 0:
+        return {}
+    rows = [(float(v), int(c)) for v, c in _HISTOGRAM_ROW.findall(output[start:])]
+    total = sum(c for _, c in rows)
+    if not total:
+        return {}
+    found: dict[int, float] = {}
+    seen = 0
+    for value, count in sorted(rows):
+        seen += count
+        for p in wanted:
+            if p not in found and seen * 100 >= p * total:
+                found[p] = value
+    return found
+
+
+def sysbench_argv(
+    test: str, port: int, args: argparse.Namespace, command: str, threads: int = 8
+) -> list[str]:
     return [
         SYSBENCH,
         test,
@@ -118,9 +153,10 @@ def sysbench_argv(test: str, port: int, args: argparse.Namespace, command: str) 
         f"--mysql-db={DATABASE}",
         f"--tables={args.tables}",
         f"--table-size={args.table_size}",
-        f"--threads={args.threads}",
+        f"--threads={threads}",
         f"--time={args.duration}",
         "--report-interval=0",
+        "--histogram=on",
         f"--db-ps-mode={'auto' if args.ps else 'disable'}",
         command,
     ]
@@ -183,6 +219,35 @@ def check_target(target: Target, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+class TreeBaton(BatonProcess):
+    """Baton run from another source tree: ``python -m proxy`` with DIR as the working
+    directory imports DIR/proxy (e.g. ``git archive main | tar -x -C DIR``)."""
+
+    def __init__(self, config_text: str, workdir: Path, root: Path, prefix: list[str] | None = None,
+                 module: str = "proxy") -> None:
+        super().__init__(config_text, workdir)
+        self.root = root
+        self.prefix = prefix or []
+        self.module = module
+
+    def start(self, timeout: float = 20) -> BatonProcess:
+        argv = [*self.prefix, sys.executable, "-m", self.module, "run", "--config", str(self.config_path)]
+        self.process = spawn(argv, log_path=self.log_path, cwd=self.root,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.proxy_port or 0), timeout=0.5):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"Baton exited while starting:\n{self.log_text()}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"Baton did not start:\n{self.log_text()}") from None
+                time.sleep(0.1)
 
 
 # --- config overrides ----------------------------------------------------------------------------
@@ -248,7 +313,9 @@ class Bench:
         self.targets: list[Target] = []
         self.runs: list[dict[str, Any]] = []
         self.events: list[str] = []
-        self.baton: BatonProcess | None = None
+        self.baton: BatonProcess | None = None  # the first Baton (its log is saved)
+        self.batons: dict[str, BatonProcess] = {}  # target name -> process
+        self.baton_configs: dict[str, str] = {}
         self.haproxy: HAProxy | None = None
         self.baton_config = ""
         self.loadavg_at_start = os.getloadavg()
@@ -261,7 +328,7 @@ class Bench:
         say(f"MariaDB {mariadb_version()}: master {self.sandbox.master.address}, replicas "
             + ", ".join(r.address for r in self.sandbox.replicas))
         self.prepare()
-        for name in self.args.targets:
+        for name in self.target_names():
             target = self.make_target(name)
             self.targets.append(target)
             try:
@@ -270,6 +337,12 @@ class Bench:
                 check_target(target)
             except Exception as exc:  # a broken target is reported, the others still run
                 target.disabled = f"did not start: {exc}"
+                workers = _workers_of(name)
+                if workers is not None and target.proxy is not None and "workers" in target.proxy.log_text():
+                    target.disabled = (
+                        f"Baton rejected [proxy] workers = {workers} (this build may not have "
+                        f"the key yet): {_config_error(target.proxy.log_text())}"
+                    )
                 self.note(f"{target.name}: {target.disabled}")
         say(f"ready in {time.monotonic() - started:.1f}s: "
             + ", ".join(f"{t.name} :{t.port}" for t in self.targets))
@@ -281,16 +354,38 @@ class Bench:
                 threads=self.args.haproxy_threads,
             )
             return Target("haproxy", self.haproxy.port, self.haproxy)
-        if name == "baton":
+        if name.startswith("baton"):
             (proxy_port,) = free_ports(1)
+            overrides = list(self.args.baton_config_section)
+            workers = _workers_of(name)
+            if workers is not None:
+                overrides.append(("proxy", "workers", workers))
             # Admin and metrics off: the benchmark measures the query path only.
-            self.baton_config = self.sandbox.config_toml(
-                proxy_port, admin_port=0, metrics_port=0,
-                **override_sections(self.args.baton_config_section),
+            config = self.sandbox.config_toml(
+                proxy_port, admin_port=0, metrics_port=0, **override_sections(overrides)
             )
-            self.baton = BatonProcess(self.baton_config, self.workdir / "baton")
-            return Target("baton", proxy_port, self.baton)
+            self.baton_config = self.baton_config or config
+            self.baton_configs[name] = config
+            baton = (
+                TreeBaton(config, self.workdir / name, self.args.compare_tree.resolve())
+                if name == "baton-ref" else BatonProcess(config, self.workdir / name)
+            )
+            self.batons[name] = baton
+            self.baton = self.baton or baton
+            return Target(name, proxy_port, baton)
         return Target("direct", self.sandbox.master.port)
+
+    def target_names(self) -> list[str]:
+        """--targets with "baton" expanded to one Baton per --workers value."""
+        names: list[str] = []
+        for name in self.args.targets:
+            if name == "baton" and self.args.workers:
+                names.extend(f"baton-w{n}" for n in self.args.workers)
+            else:
+                names.append(name)
+            if name == "baton" and self.args.compare_tree:
+                names.append("baton-ref")
+        return names
 
     def prepare(self) -> None:
         say(f"sysbench prepare: {self.args.tables} tables x {self.args.table_size} rows on the master")
@@ -302,19 +397,25 @@ class Bench:
         self.sandbox.wait_caught_up(timeout=120)
 
     def stop(self) -> None:
-        for proc in (self.baton, self.haproxy):
+        for proc in (*self.batons.values(), self.haproxy):
             if proc is not None:
                 with contextlib.suppress(Exception):
                     proc.stop()
         self.sandbox.stop()
 
     def save_logs(self) -> Path | None:
-        """Baton's log next to the results: the first place to look when a figure is odd."""
-        if self.baton is None:
+        """Baton's log next to the results: the first place to look when a figure is odd
+        (one file; with several Batons, each log under a header)."""
+        if not self.batons:
             return None
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"{self.stamp}.baton.log"
-        path.write_text(self.baton.log_text())
+        if len(self.batons) == 1:
+            path.write_text(next(iter(self.batons.values())).log_text())
+        else:
+            path.write_text("".join(
+                f"===== {name} =====\n{proc.log_text()}\n" for name, proc in self.batons.items()
+            ))
         return path
 
     def note(self, message: str) -> None:
@@ -328,11 +429,12 @@ class Bench:
 
     def run_all(self) -> None:
         for test in self.args.tests:
-            for round_no in range(self.args.rounds):
-                for position, target in enumerate(self.order(round_no)):
-                    record = self.run_one(test, round_no, position, target)
-                    self.runs.append(record)
-                    say(format_run(record))
+            for threads in self.args.threads:
+                for round_no in range(self.args.rounds):
+                    for position, target in enumerate(self.order(round_no)):
+                        record = self.run_one(test, round_no, position, target, threads)
+                        self.runs.append(record)
+                        say(format_run(record))
 
     def ensure_running(self, target: Target) -> None:
         """A proxy that died in an earlier run is logged and restarted once per death."""
@@ -356,9 +458,11 @@ class Bench:
             self.note(f"replicas still behind before the next run: {exc}")
         time.sleep(self.args.pause)
 
-    def run_one(self, test: str, round_no: int, position: int, target: Target) -> dict[str, Any]:
+    def run_one(
+        self, test: str, round_no: int, position: int, target: Target, threads: int = 8
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {
-            "test": test, "round": round_no + 1, "position": position + 1,
+            "test": test, "threads": threads, "round": round_no + 1, "position": position + 1,
             "target": target.name, "port": target.port, "started_at": time.time(),
             "result": None, "failure": None,
         }
@@ -376,11 +480,14 @@ class Bench:
         questions_before = queries_by_server(self.sandbox)
         machine_before = machine_sample()
         db_before = total_cpu_seconds(db_pids)
-        proxy_before = sample(pid) if pid else None
+        proxy_before = tree_sample(pid) if pid else None
         code, output, sysbench_cpu = run_sysbench(
-            sysbench_argv(test, target.port, self.args, "run"), timeout=self.args.duration + 120
+            sysbench_argv(test, target.port, self.args, "run", threads),
+            timeout=self.args.duration + 120,
         )
-        proxy_after = sample(pid) if pid and target.proxy and target.proxy.is_running() else None
+        proxy_after = (
+            tree_sample(pid) if pid and target.proxy and target.proxy.is_running() else None
+        )
         db_after = total_cpu_seconds(db_pids)
         machine_after = machine_sample()
         questions_after = queries_by_server(self.sandbox)
@@ -406,11 +513,19 @@ class Bench:
         db_cpu = db_after - db_before
         proxy_cpu = None
         if proxy_before and proxy_after:
-            proxy_cpu = proxy_after.cpu_seconds - proxy_before.cpu_seconds
-            record["proxy_user_s"] = proxy_after.user_seconds - proxy_before.user_seconds
-            record["proxy_system_s"] = proxy_after.system_seconds - proxy_before.system_seconds
-            record["proxy_rss_mb"] = proxy_after.rss_bytes / 2**20
-            record["proxy_peak_rss_mb"] = proxy_after.peak_rss_bytes / 2**20
+            # The proxy's whole process tree: a Baton with workers is a parent and children.
+            usage = tree_usage(proxy_before, proxy_after)
+            proxy_cpu = usage.cpu_seconds
+            record["proxy_user_s"] = usage.user_seconds
+            record["proxy_system_s"] = usage.system_seconds
+            record["proxy_rss_mb"] = usage.rss_bytes / 2**20
+            record["proxy_peak_rss_mb"] = usage.peak_rss_bytes / 2**20
+            record["proxy_processes"] = len(proxy_after)
+            # pid -> us per statement; the first is the process we started (the parent)
+            record["proxy_cpu_us_per_query_by_process"] = {
+                str(p): (cpu / queries * 1e6 if queries else None)
+                for p, cpu in usage.per_process.items()
+            }
         record["proxy_cpu_s"] = proxy_cpu
         record["proxy_cpu_us_per_query"] = proxy_cpu / queries * 1e6 if proxy_cpu is not None and queries else None
         record["db_cpu_s"] = db_cpu
@@ -441,19 +556,27 @@ def _ok(runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     return (r for r in runs if r["result"] and not r["failure"])
 
 
-def summarize(runs: list[dict[str, Any]], tests: list[str], targets: list[str]) -> dict[str, Any]:
-    """Per test and target: means over rounds. Ratios are paired within a round (the runs of
-    one round are minutes apart, so they share the machine's mood) and then averaged."""
+def section(test: str, threads: int) -> str:
+    """The summary's key for one test at one client thread count."""
+    return f"{test}@{threads}"
+
+
+def summarize(
+    runs: list[dict[str, Any]], tests: list[str], targets: list[str], threads_list: list[int] | None = None
+) -> dict[str, Any]:
+    """Per test, thread count and target: means over rounds. Ratios are paired within a round
+    (the runs of one round are minutes apart, so they share the machine's mood) and then
+    averaged."""
     summary: dict[str, Any] = {}
-    for test in tests:
+    for test, threads in ((t, n) for t in tests for n in (threads_list or [8])):
         by_round: dict[int, dict[str, dict[str, Any]]] = {}
-        for r in _ok(runs):
-            if r["test"] == test:
-                by_round.setdefault(r["round"], {})[r["target"]] = r
+        here = [r for r in runs if r["test"] == test and r.get("threads", 8) == threads]
+        for r in _ok(here):
+            by_round.setdefault(r["round"], {})[r["target"]] = r
         rows: dict[str, Any] = {}
         for target in targets:
             mine = [rnd[target] for rnd in by_round.values() if target in rnd]
-            failures = [r for r in runs if r["test"] == test and r["target"] == target and r["failure"]]
+            failures = [r for r in here if r["target"] == target and r["failure"]]
             row: dict[str, Any] = {
                 "rounds_ok": len(mine),
                 "rounds_failed": len(failures),
@@ -461,6 +584,8 @@ def summarize(runs: list[dict[str, Any]], tests: list[str], targets: list[str]) 
                 "tps": _mean([r["result"]["tps"] for r in mine]),
                 "qps": _mean([r["result"]["qps"] for r in mine]),
                 "p95_ms": _mean([r["result"]["p95_ms"] for r in mine]),
+                "p50_ms": _mean([r["result"]["p50_ms"] for r in mine if r["result"].get("p50_ms") is not None]),
+                "p99_ms": _mean([r["result"]["p99_ms"] for r in mine if r["result"].get("p99_ms") is not None]),
                 "errors": sum(r["result"]["errors"] for r in mine),
                 "master_share": _mean([r["master_share"] for r in mine if r["master_share"] is not None]),
             }
@@ -481,9 +606,29 @@ def summarize(runs: list[dict[str, Any]], tests: list[str], targets: list[str]) 
                 sum(r["db_cpu_s"] for r in mine) / db_queries * 1e6 if db_queries else None
             )
             row["proxy_peak_rss_mb"] = max((r.get("proxy_peak_rss_mb") or 0 for r in mine), default=None) or None
+            row["proxy_cpu_us_per_query_by_process"] = _per_process(cpu_runs)
             rows[target] = row
-        summary[test] = rows
+        summary[section(test, threads)] = rows
     return summary
+
+
+def _per_process(cpu_runs: list[dict[str, Any]]) -> list[float] | None:
+    """CPU us per statement of each process of the proxy's tree, the parent first and then
+    its children by pid, weighted over runs by their statements; None for one process."""
+    if not cpu_runs or all(len(r.get("proxy_cpu_us_per_query_by_process") or {}) <= 1 for r in cpu_runs):
+        return None
+    width = max(len(r.get("proxy_cpu_us_per_query_by_process") or {}) for r in cpu_runs)
+    sums = [0.0] * width
+    queries = 0
+    for r in cpu_runs:
+        by_pid = r.get("proxy_cpu_us_per_query_by_process") or {}
+        pids = list(by_pid)
+        ordered = pids[:1] + sorted(pids[1:], key=int)
+        n = r["result"]["queries"]
+        queries += n
+        for i, pid in enumerate(ordered):
+            sums[i] += (by_pid[pid] or 0.0) * n
+    return [v / queries for v in sums] if queries else None
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -491,26 +636,31 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def format_run(r: dict[str, Any]) -> str:
-    head = f"  {r['test']:<18} round {r['round']} #{r['position']} {r['target']:<8}"
+    head = f"  {r['test']:<18} {r.get('threads', 8):>3}t round {r['round']} #{r['position']} {r['target']:<8}"
     if r["failure"] and not r["result"]:
         return f"{head} FAILED: {r['failure']}"
     res = r["result"]
     line = (
-        f"{head} tps {res['tps']:>8.1f}  qps {res['qps']:>9.1f}  p95 {res['p95_ms']:>6.2f} ms"
+        f"{head} tps {res['tps']:>8.1f}  qps {res['qps']:>9.1f}  p50/95/99 "
+        f"{_fmt(res.get('p50_ms'), '.2f')}/{res['p95_ms']:.2f}/{_fmt(res.get('p99_ms'), '.2f')} ms"
         f"  err {res['errors']:>3}  proxy {_fmt(r['proxy_cpu_us_per_query'], '.1f', ' us/q'):>10}"
         f"  db {_fmt(r['db_cpu_us_per_query'], '.1f', ' us/q'):>10}"
         f"  on master {_fmt(r['master_share'] and 100 * r['master_share'], '.0f', '%'):>4}"
         f"  others {_fmt(r['foreign_cpu_pct'], '.0f', '%'):>4}"
     )
+    by_process = r.get("proxy_cpu_us_per_query_by_process") or {}
+    if len(by_process) > 1:
+        line += "  (per process " + " + ".join(_fmt(v, ".1f") for v in by_process.values()) + ")"
     return line + (f"  FAILED: {r['failure']}" if r["failure"] else "")
 
 
-def format_table(test: str, rows: dict[str, Any], args: argparse.Namespace) -> str:
+def format_table(test: str, rows: dict[str, Any], args: argparse.Namespace, threads: int = 8) -> str:
     ps = "prepared statements" if args.ps else "text protocol"
     lines = [
-        f"{test}  ({args.threads} threads, {args.duration}s x {args.rounds} rounds, {ps})",
-        f"  {'target':<8} {'tps':>9} {'qps':>10} {'p95 ms':>7} {'errors':>6} {'vs direct':>9} "
-        f"{'vs HAProxy':>10} {'proxy CPU us/q':>14} {'(usr+sys)':>11} {'on master':>9} {'peak RSS MB':>11}",
+        f"{test}  ({threads} threads, {args.duration}s x {args.rounds} rounds, {ps})",
+        f"  {'target':<9} {'tps':>9} {'qps':>10} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'vs direct':>9} {'vs HAProxy':>10} {'proxy CPU us/q':>14} {'(usr+sys)':>11} {'on master':>9} "
+        f"{'peak RSS MB':>11}",
     ]
     for target, row in rows.items():
         master = row["master_share"]
@@ -519,14 +669,20 @@ def format_table(test: str, rows: dict[str, Any], args: argparse.Namespace) -> s
             if row["proxy_user_us_per_query"] is not None else "-"
         )
         lines.append(
-            f"  {target:<8} {_fmt(row['tps'], '.1f'):>9} {_fmt(row['qps'], '.1f'):>10} "
-            f"{_fmt(row['p95_ms'], '.2f'):>7} {row['errors']:>6} {_fmt(row['vs_direct'], '.3f'):>9} "
+            f"  {target:<9} {_fmt(row['tps'], '.1f'):>9} {_fmt(row['qps'], '.1f'):>10} "
+            f"{_fmt(row['p50_ms'], '.2f'):>7} {_fmt(row['p95_ms'], '.2f'):>7} {_fmt(row['p99_ms'], '.2f'):>7} "
+            f"{row['errors']:>6} {_fmt(row['vs_direct'], '.3f'):>9} "
             f"{_fmt(row['vs_haproxy'], '.3f'):>10} {_fmt(row['proxy_cpu_us_per_query'], '.1f'):>14} "
             f"{split:>11} "
             f"{_fmt(master and 100 * master, '.0f', '%'):>9} {_fmt(row['proxy_peak_rss_mb'], '.1f'):>11}"
         )
+        if row.get("proxy_cpu_us_per_query_by_process"):
+            lines.append(
+                f"  {'':<9} CPU us/q per process (parent, then workers): "
+                + " + ".join(f"{v:.1f}" for v in row["proxy_cpu_us_per_query_by_process"])
+            )
         if row["rounds_failed"]:
-            lines.append(f"  {'':<8} {row['rounds_failed']} failed run(s): {'; '.join(row['failures'])}")
+            lines.append(f"  {'':<9} {row['rounds_failed']} failed run(s): {'; '.join(row['failures'])}")
     ref = REFERENCE.get(test, {})
     if any(v is not None for v in ref.values()):
         proxysql_vs_haproxy = (
@@ -558,16 +714,48 @@ def _names(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 8,32; got {text!r}")
+    return values
+
+
+def _workers_of(target: str) -> int | None:
+    """N of a "baton-wN" target (one of a --workers sweep); None for a plain "baton"."""
+    prefix = "baton-w"
+    return int(target[len(prefix):]) if target.startswith(prefix) else None
+
+
+def _config_error(log: str) -> str:
+    """The line of Baton's log that names the problem (a config error names file and key)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "workers" in line:
+            return line[-300:].lstrip(": ")
+    return lines[-1][-300:] if lines else "(empty log)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=20, help="seconds per sysbench run (default 20)")
-    p.add_argument("--threads", type=int, default=8, help="sysbench threads (default 8)")
+    p.add_argument("--threads", type=_ints, default=[8],
+                   help="sysbench client threads, comma-separated: one sweep step each (default 8)")
+    p.add_argument("--workers", type=_ints, default=None,
+                   help="run one Baton per value with [proxy] workers = N, e.g. 1,2 (default: the "
+                        "key is not set, Baton's own default applies)")
     p.add_argument("--rounds", type=int, default=2, help="rounds per test; the target order alternates (default 2)")
     p.add_argument("--tests", type=_names(TESTS), default=list(TESTS), help=f"comma-separated, from {','.join(TESTS)}")
     p.add_argument("--targets", type=_names(TARGETS), default=list(TARGETS), help=f"comma-separated, from {','.join(TARGETS)}")
     p.add_argument("--baton-config-section", metavar="SECTION.KEY=VALUE", type=parse_override,
                    action="append", default=[],
                    help="override Baton's config (repeatable), e.g. routing.read_write_split=false")
+    p.add_argument("--compare-tree", metavar="DIR", type=Path, default=None,
+                   help="also run target baton-ref: Baton from DIR/proxy (e.g. `git archive main | "
+                        "tar -x -C DIR`), to compare two versions in one run")
     p.add_argument("--ps", action="store_true", help="prepared statements (--db-ps-mode=auto)")
     p.add_argument("--tables", type=int, default=4, help="sysbench tables (default 4)")
     p.add_argument("--table-size", type=int, default=10000, help="rows per table (default 10000)")
@@ -602,14 +790,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             log_path = bench.save_logs()
             bench.stop()
-    summary = summarize(bench.runs, args.tests, [t.name for t in bench.targets])
+    summary = summarize(bench.runs, args.tests, [t.name for t in bench.targets], args.threads)
     for test in args.tests:
-        say("")
-        say(format_table(test, summary[test], args))
-        say("  per run:")
-        for record in bench.runs:
-            if record["test"] == test:
-                say(format_run(record))
+        for threads in args.threads:
+            say("")
+            say(format_table(test, summary[section(test, threads)], args, threads))
+            say("  per run:")
+            for record in bench.runs:
+                if record["test"] == test and record.get("threads", 8) == threads:
+                    say(format_run(record))
     path = write_results(args, bench, summary, stamp, interrupted, log_path)
     say(f"\nresults: {path}" + (f"\nBaton log: {log_path}" if log_path else ""))
     failed = any(r["failure"] for r in bench.runs)
@@ -642,6 +831,7 @@ def write_results(
             "loadavg_at_end": os.getloadavg(),
         },
         "baton_config": bench.baton_config,
+        "baton_configs": bench.baton_configs,
         "baton_log": str(log_path) if log_path else None,
         "events": bench.events,
         "reference": {"qps_vs_direct": REFERENCE, "cpu_us_per_query": REFERENCE_CPU_US},

@@ -96,3 +96,74 @@ def machine_sample() -> MachineSample:
     total = sum(values[:8])
     idle = values[3] + values[4]
     return MachineSample((total - idle) / CLOCK_TICKS, total / CLOCK_TICKS)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (every thread's /proc/PID/task/TID/children); [] if it is gone."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (a proxy's worker processes), parent first."""
+    tree = [pid]
+    i = 0
+    while i < len(tree):
+        tree.extend(c for c in children(tree[i]) if c not in tree)
+        i += 1
+    return tree
+
+
+def tree_sample(pid: int) -> dict[int, ProcessSample]:
+    """A sample of pid and of each of its descendants that is still there."""
+    samples: dict[int, ProcessSample] = {}
+    for p in process_tree(pid):
+        try:
+            samples[p] = sample(p)
+        except OSError:
+            pass
+    return samples
+
+
+@dataclass(frozen=True, slots=True)
+class TreeUsage:
+    """CPU used by a process tree between two samples: in all, and per process."""
+
+    user_seconds: float
+    system_seconds: float
+    per_process: dict[int, float]  # pid -> CPU seconds (user + system) in the interval
+    rss_bytes: int  # summed over the processes alive at the end
+    peak_rss_bytes: int  # summed VmHWM (each process's own high-water mark)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
+
+
+def tree_usage(before: dict[int, ProcessSample], after: dict[int, ProcessSample]) -> TreeUsage:
+    """What each process used between the samples. A process that started in between counts
+    from zero; one that ended in between counts up to ``before`` only (its last part is lost:
+    /proc forgets it, and a reaped child's time goes to its parent's cutime, not counted)."""
+    user = system = 0.0
+    per: dict[int, float] = {}
+    for pid, end in after.items():
+        start = before.get(pid)
+        du = end.user_seconds - (start.user_seconds if start else 0.0)
+        ds = end.system_seconds - (start.system_seconds if start else 0.0)
+        user += du
+        system += ds
+        per[pid] = du + ds
+    return TreeUsage(
+        user, system, per,
+        sum(s.rss_bytes for s in after.values()),
+        sum(s.peak_rss_bytes for s in after.values()),
+    )

@@ -21,7 +21,9 @@ from .protocol.constants import SUPPORTED_CAPABILITIES, Command
 from .protocol.framing import PacketReader, frame
 from .protocol.handshake import ClientHandshake, Failed, Ready, Send, StartTLS
 from .protocol.packets import ErrPacket, parse_column, parse_err, parse_ok, parse_text_row
-from .protocol.response import ResponseTracker, expects_response
+from .protocol.response import AWAITING_INFILE as _AWAITING_INFILE
+from .protocol.response import DONE as _RESPONSE_DONE
+from .protocol.response import ResponseTracker
 from .protocol.wire import PayloadReader, ProtocolError
 from .tls import NO_TLS, BackendSecurity
 
@@ -153,17 +155,18 @@ class BackendConnection(asyncio.Protocol):
             else:
                 if used:
                     sink.response_data(memoryview(data)[:used])
-                if tracker.done:
+                if tracker.state == _RESPONSE_DONE:
                     # bytes beyond the end of a response: the server broke protocol
                     self.sink = None
                     sink.response_done(self)
                     self.abort("unexpected bytes after the end of a response")
                     return
-            if tracker.done:
+            state = tracker.state
+            if state == _RESPONSE_DONE:
                 self.sink = None
                 self.last_used = time.monotonic()
                 sink.response_done(self)
-            elif tracker.awaiting_infile:
+            elif state == _AWAITING_INFILE:
                 sink.response_infile(self)
             return
         if self._login_reader is not None:
@@ -248,8 +251,9 @@ class BackendConnection(asyncio.Protocol):
     def send(self, buffers: Sequence[bytes | memoryview], command: int, sink: ResponseSink, collect: bool = False) -> bool:
         """Writes a command; the response goes to ``sink``. False if no response will come."""
         assert self.transport is not None
-        self.tracker.start(command, collect)
-        if expects_response(command):
+        tracker = self.tracker
+        tracker.start(command, collect)
+        if tracker.state != _RESPONSE_DONE:  # a response is expected (expects_response)
             self.sink = sink
         self.transport.writelines(buffers)
         self.last_used = time.monotonic()

@@ -36,7 +36,7 @@ class Stats:
     latency_sum: float = 0.0
 
     def count(self, command: int, backend: str, error: ErrPacket | None = None) -> None:
-        key = (backend, _COMMAND_NAMES.get(command, str(command)))
+        key = (backend, _COMMAND_NAMES.get(command) or str(command))
         self.queries[key] += 1
         if error is not None:
             self.query_errors[key] += 1

@@ -39,7 +39,7 @@ def frames(payload: bytes | memoryview, seq: int = 0) -> list[bytes | memoryview
     """Buffers to write for one logical packet, without copying large payloads."""
     length = len(payload)
     if length < MAX_PAYLOAD:
-        return [header(length, seq), payload]
+        return [_HEADER.pack(length | ((seq & 0xFF) << 24)), payload]
     view = memoryview(payload)
     out: list[bytes | memoryview] = []
     offset = 0

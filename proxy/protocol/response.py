@@ -29,6 +29,21 @@ from .wire import PayloadReader, ProtocolError
 _MORE = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR = int(ServerStatus.CURSOR_EXISTS)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+_STMT_FETCH = int(Command.STMT_FETCH)
+_MAX = MAX_PAYLOAD
+
+
+def _ok_status(data: bytes | memoryview, pos: int, end: int) -> int:
+    """The status flags of the OK packet whose affected-rows field starts at data[pos]
+    (the packet ends at ``end``); -1 if it is too short to hold them."""
+    for _ in range(2):  # affected rows, last insert id: length-encoded integers
+        if pos >= end:
+            return -1
+        b = data[pos]
+        pos += 1 if b < 0xFB else (3 if b == 0xFC else 4 if b == 0xFD else 9)
+    if pos + 2 > end:
+        return -1
+    return data[pos] | (data[pos + 1] << 8)
 
 
 class _State(IntEnum):
@@ -78,6 +93,12 @@ _START_STATE: dict[int, int] = {
 
 def expects_response(command: int) -> bool:
     return _START_STATE.get(command, _SINGLE) != _DONE
+
+
+# ``ResponseTracker.state`` values its callers test on the hot path (the properties ``done``
+# and ``awaiting_infile`` say the same, at the price of a call).
+DONE = _DONE
+AWAITING_INFILE = _INFILE
 
 
 class ResponseTracker:
@@ -166,6 +187,11 @@ class ResponseTracker:
             if state == _DONE or state == _INFILE:
                 return pos
             if not self._remaining and not self._hdr and not self._continued and pos + 4 < n:
+                if not self.collect:
+                    end = self._whole_packets(data, pos, n)
+                    if end != pos:
+                        pos = end
+                        continue
                 # Fast path: a whole packet inside this chunk (the usual case) is judged in
                 # place, without buffering it byte by byte.
                 length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
@@ -238,6 +264,82 @@ class ResponseTracker:
         return pos
 
     # -- internals --------------------------------------------------------------------------
+
+    def _whole_packets(self, data: bytes | memoryview, pos: int, n: int) -> int:
+        """The usual response, read in place: whole packets of a result set (column count,
+        column definitions, EOFs, rows) or an OK without session-state changes, as long as
+        they lie whole in ``data`` from ``pos``. Returns where it stopped: at the end of the
+        response, of the data, or at a packet it leaves to the general reading (ERR, OK with
+        session state, a frame of 16 MiB, DEPRECATE_EOF terminators...). Same outcome as
+        ``_packet`` and ``_status_from``, without copying payloads or calling per packet."""
+        state = self.state
+        count = self._count
+        eof = not self.deprecate_eof
+        while pos + 4 < n:
+            length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
+            end = pos + 4 + length
+            if not length or end > n or length >= _MAX:
+                break
+            first = data[pos + 4]
+            if state == _ROWS:
+                if first != 0xFE and first != 0xFF:  # a row: skip it, and the rows after it
+                    pos = end
+                    while pos + 4 < n:
+                        length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
+                        end = pos + 4 + length
+                        first = data[pos + 4]
+                        if not length or end > n or length >= _MAX or first == 0xFE or first == 0xFF:
+                            break
+                        pos = end
+                    continue
+                if first == 0xFF or not eof or not 5 <= length < 9:
+                    break  # ERR, or a terminator to read in full
+                status = data[pos + 7] | (data[pos + 8] << 8)  # the EOF ending the rows
+                self.status = status
+                self._results += 1
+                if status & _MORE and self._command != _STMT_FETCH:
+                    state = _RESULT_START
+                else:
+                    state = _DONE
+                    pos = end
+                    break
+            elif state == _COLUMNS:
+                count -= 1
+                if count <= 0:
+                    state = _COLUMNS_EOF if eof else _ROWS
+            elif state == _RESULT_START:
+                if 0 < first < 0xFB:  # a column count below 251 (one byte)
+                    count = first
+                    state = _COLUMNS
+                elif first == 0x00:
+                    status = _ok_status(data, pos + 5, end)
+                    if status < 0 or status & _STATE_CHANGED:
+                        break
+                    self.status = status
+                    self._results += 1
+                    if not status & _MORE:
+                        state = _DONE
+                        pos = end
+                        break
+                else:
+                    break
+            elif state == _COLUMNS_EOF:
+                if first != 0xFE or not 5 <= length < 9:
+                    break
+                status = data[pos + 7] | (data[pos + 8] << 8)
+                self.status = status
+                if status & _CURSOR:
+                    self._results += 1
+                    state = _DONE
+                    pos = end
+                    break
+                state = _ROWS
+            else:
+                break
+            pos = end
+        self.state = state
+        self._count = count
+        return pos
 
     def _wants(self, first: int, length: int) -> bool:
         """Must this packet be buffered to decide what comes next?"""

@@ -85,6 +85,10 @@ class Kind(Enum):
     DEALLOCATE = "deallocate"
     OTHER = "other"  # empty or comment-only statement: nothing to run
 
+    # Members are singletons compared by identity: hash them as objects. Enum's own
+    # __hash__ is a Python function (hash of the name), called on every dict or set lookup.
+    __hash__ = object.__hash__
+
 
 class Pin(Enum):
     """Server-side state that exists only on the backend that created it."""
@@ -97,6 +101,8 @@ class Pin(Enum):
     FOUND_ROWS = "found_rows"
     HANDLER = "handler"  # HANDLER t OPEN keeps a cursor open
     XA = "xa"  # XA START .. XA COMMIT/ROLLBACK
+
+    __hash__ = object.__hash__  # as Kind's
 
 
 class LockFunction(Enum):
@@ -1240,6 +1246,12 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
     nothing to split (and a large statement with ``;`` in its data is not lexed twice).
     """
     raw = sql if type(sql) is bytes else bytes(sql)
+    cache = _CACHE_MULTI if multi_statements else _CACHE_SINGLE
+    cacheable = len(raw) <= _CACHE_TEXT_MAX
+    if cacheable:
+        c = cache.get(raw)
+        if c is not None:
+            return c
     try:
         c = _classify(raw, 0, None, multi_statements)
     except Exception:  # a classifier bug must not cost the client its connection
@@ -1248,12 +1260,25 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
     kind = c.kind
     if kind is _WRITE_KIND:
         if _DDL.match(raw) is not None:
-            return replace(c, ddl=True)
+            c = replace(c, ddl=True)
     elif kind is Kind.SESSION and c.session_vars and all(
         i.scope == "user" and i.name == "baton_consistency" for i in c.session_vars
     ):
-        return replace(c, local=True)
+        c = replace(c, local=True)
+    if cacheable:
+        if len(cache) >= _CACHE_SIZE:
+            del cache[next(iter(cache))]  # the oldest entry
+        cache[raw] = c
     return c
+
+
+# Results of recent statement texts (the same text always gets the same, immutable, result):
+# applications repeat BEGIN, COMMIT, health checks and many statements verbatim. Bounded,
+# oldest entry out first; long texts (bulk INSERTs) are not kept.
+_CACHE_SIZE = 4096
+_CACHE_TEXT_MAX = 512
+_CACHE_MULTI: dict[bytes, Classification] = {}
+_CACHE_SINGLE: dict[bytes, Classification] = {}
 
 
 # Statements that change the schema, after any comments (the first statement of several).

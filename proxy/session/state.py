@@ -37,6 +37,10 @@ class ClientState(Enum):
     # ends with the client's empty packet, even if the server answered before it)
     CLOSED = "closed"
 
+    # Identity hash: Enum's __hash__ is a Python function, and next_state looks states up
+    # in dicts and sets twice per statement.
+    __hash__ = object.__hash__
+
 
 _S = ClientState
 _MOVES: dict[ClientState, frozenset[ClientState]] = {
@@ -100,6 +104,8 @@ class SessionPin(Enum):
 
     MULTI_STATEMENT_ERROR = "multi_statement_error"  # some parts ran, some did not
     UNREPLAYABLE_SET = "unreplayable_set"  # a SET that cannot be replayed elsewhere
+
+    __hash__ = object.__hash__  # as ClientState's
 
 
 @dataclass(slots=True)

@@ -1006,3 +1006,23 @@ def test_kill_forms_baton_cannot_resolve_are_refused_not_forwarded(sql: bytes, w
     assert kill is not None and why in kill.unsupported
     if sql.startswith(b"KILL"):  # (without multi-statements, "SELECT 1; KILL 5" is a syntax error)
         assert classify(sql, multi_statements=False).kill is not None
+def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() -> None:
+    stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
+    stmts += [b"SELECT @a := 1", b"KILL 7", b"SET @baton_consistency = 'session'", b"DROP TABLE t"]
+    first = [classify(s) for s in stmts]
+    assert len(classifier._CACHE_MULTI) <= classifier._CACHE_SIZE
+    again = [classify(s) for s in stmts]
+    classifier._CACHE_MULTI.clear()
+    fresh = [classify(s) for s in stmts]
+    assert first == again == fresh
+    assert fresh[-4].pin is Pin.USER_VAR_ASSIGN and fresh[-3].kill == (7, False)
+    assert fresh[-2].local and fresh[-1].ddl
+    # keyed by the multi-statements setting too: the same text may split or not
+    two = b"SELECT 1; SELECT @a := 2"
+    assert classify(two, multi_statements=True).parts
+    assert not classify(two, multi_statements=False).parts
+    assert classify(two, multi_statements=True).parts
+    # long texts are classified every time, never kept
+    big = b"SELECT * FROM t WHERE id IN (" + b",".join(b"%d" % i for i in range(200)) + b")"
+    classify(big)
+    assert big not in classifier._CACHE_MULTI

@@ -448,3 +448,46 @@ def test_prepare_with_too_short_ok_is_a_protocol_error() -> None:
     t.start(Command.STMT_PREPARE)
     with pytest.raises(ProtocolError):
         t.feed(frame(b"\x00" + int4(1) + int2(0), 1))
+
+
+def _fed(command: Command, caps: int, data: bytes, chunk: int) -> tuple[object, ...]:
+    """Outcome of feeding data in chunks of ``chunk`` bytes (0: whole), or the error."""
+    t = ResponseTracker(caps)
+    t.status = int(AUTOCOMMIT)
+    t.start(command)
+    used = 0
+    try:
+        if chunk:
+            for i in range(0, len(data), chunk):
+                n = t.feed(data[i : i + chunk])
+                used += n
+                if n < len(data[i : i + chunk]) or t.done:
+                    break
+        else:
+            used = t.feed(data)
+    except ProtocolError as exc:
+        return ("error", str(exc))
+    return (*outcome(t), used)
+
+
+_status_packet = st.tuples(
+    st.sampled_from([0x00, 0xFE]),
+    st.binary(min_size=0, max_size=3),  # lenenc bytes (or EOF warnings)
+    st.sampled_from([0, int(MORE), int(CURSOR), int(CHANGED), int(IN_TRANS | AUTOCOMMIT)]),
+    st.binary(max_size=6),
+).map(lambda t: bytes((t[0],)) + t[1] + int2(t[2]) + t[3])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from([Command.QUERY, Command.STMT_EXECUTE, Command.STMT_FETCH, Command.PING]),
+    st.sampled_from([0, DEPRECATE_EOF]),
+    st.lists(st.one_of(_payload, _status_packet), max_size=10),
+)
+def test_whole_packets_read_in_place_match_the_byte_by_byte_reading(
+    command: Command, caps: int, payloads: list[bytes]
+) -> None:
+    """The in-place reading of whole packets (column counts, EOFs, OKs without collect) ends
+    where, and with what, reading the same bytes one at a time ends."""
+    data = b"".join(frame(p, i + 1) for i, p in enumerate(payloads))
+    assert _fed(command, caps, data, 0) == _fed(command, caps, data, 1)
