@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from ..health.topology import Topology
     from ..pool import PoolStats
     from ..stats import Stats
-    from ..user_limits import UserLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +76,12 @@ class PoolView(Protocol):
 class PoolsView(Protocol):
     def get(self, name: str) -> PoolView | None: ...
     def items(self) -> Iterable[tuple[str, PoolView]]: ...
+
+
+class UserSessionsView(Protocol):
+    """Open client sessions per user (``user_limits.UserLimits``, or every worker's summed)."""
+
+    def snapshot(self) -> dict[str, int]: ...
 
 
 class HeldView(Protocol):
@@ -133,7 +138,7 @@ class ProxyView(ListenerHost, Protocol):
     @property
     def workers(self) -> Sequence[WorkerRow]: ...
     @property
-    def user_limits(self) -> UserLimits: ...
+    def user_limits(self) -> UserSessionsView: ...
 
     async def refresh(self) -> None:
         """Brings what the views read up to date (with workers: asks each of them)."""

@@ -11,9 +11,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ..user_limits import UserLimits
 from ..server_login import LoginGate
 from ..throttle import LoginThrottle
+from ..user_limits import UserLimits
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa

@@ -86,6 +86,20 @@ def pool_totals(backends: Iterable[str], reports: Iterable[Mapping[str, PoolRow]
 
 
 @dataclass(frozen=True, slots=True)
+class UserSessions:
+    """Every worker's open sessions per user, from their client rows (SHOW POOLS' sessions)."""
+
+    clients: Iterable[RemoteClient]
+
+    def snapshot(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for client in self.clients:
+            if client.row.user:
+                counts[client.row.user] = counts.get(client.row.user, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteClient:
     """A session of some worker, as SHOW CLIENTS reads it (``admin.view.ClientView``)."""
 

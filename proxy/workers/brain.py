@@ -34,7 +34,7 @@ from ..health.events import MasterPromoted
 from ..health.states import BackendState
 from ..listeners import Listener, ListenError, Rebind
 from ..stats import Stats
-from .aggregate import HeldTotal, PoolTotals, RemoteClient, merge_stats, pool_totals
+from .aggregate import HeldTotal, PoolTotals, RemoteClient, UserSessions, merge_stats, pool_totals
 from .channel import Channel, ChannelClosed
 from .messages import (
     BusyOn,
@@ -173,6 +173,10 @@ class Brain:
     @property
     def sessions(self) -> dict[int, RemoteClient]:
         return self._clients
+
+    @property
+    def user_limits(self) -> UserSessions:
+        return UserSessions(tuple(self._clients.values()))
 
     @property
     def monitor(self) -> Monitor | None:

@@ -1006,6 +1006,8 @@ def test_kill_forms_baton_cannot_resolve_are_refused_not_forwarded(sql: bytes, w
     assert kill is not None and why in kill.unsupported
     if sql.startswith(b"KILL"):  # (without multi-statements, "SELECT 1; KILL 5" is a syntax error)
         assert classify(sql, multi_statements=False).kill is not None
+
+
 def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() -> None:
     stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
     stmts += [b"SELECT @a := 1", b"KILL 7", b"SET @baton_consistency = 'session'", b"DROP TABLE t"]
