@@ -253,26 +253,6 @@ class Baton:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _learn_server_version(self) -> None:
-        if self.config.proxy.server_version:
-            return
-        master = self.config.master_hint or self.config.backends[0]
-        mon = self.config.monitor
-        try:
-            conn = await connect(
-                master.name, master.host, master.port,
-                Credentials(mon.user, mon.password.encode(), None),
-                timeout=self.config.proxy.connect_timeout_ms / 1000,
-                capabilities=int(SUPPORTED_CAPABILITIES),
-                security=backend_security(master),
-            )
-        except BackendError as exc:
-            log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, self.server_version)
-            return
-        self.context.server_version = conn.server_version
-        conn.close()
-        log.info("server_version_learned backend=%s version=%s", master.name, self.server_version)
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -282,7 +262,7 @@ class Baton:
 
     async def start_health(self) -> None:
         """The brain's part: learn the server version, monitor, fail over, join the cluster."""
-        await self._learn_server_version()
+        await learn_server_version(self)
         await self._start_health()
 
     async def start_serving(self) -> None:
@@ -410,34 +390,14 @@ class Baton:
                 for line in exc.errors:
                     log.error("reload_rejected error=%r", line)
             else:
-                result = await self._reload_to(new)
+                result = await reload_to(self, new)
         self.stats.reloads[result.ok] += 1
         self.last_reload = result
         return result
 
-    async def _reload_to(self, new: Config) -> ReloadResult:
-        async with self._reload_lock:
-            try:
-                rebinds = await prepare_rebinds(self.listeners, new)
-            except ListenError as exc:
-                log.error("reload_rejected error=%r", str(exc))
-                return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
-            diff = diff_configs(self.config, new)
-            try:
-                await self._apply_reload(new)
-            except BaseException:
-                for rebind in rebinds:
-                    rebind.abort()
-                raise
-            for rebind in rebinds:
-                rebind.commit()
-        result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
-        log.info("reload_applied changes=%r", result.summary)
-        return result
-
     async def _apply_reload(self, new: Config) -> None:
         old = self.config
-        self._log_out(users_logged_out(old, new), new.proxy.require_tls)
+        log_out_users(self, users_logged_out(old, new), new.proxy.require_tls)
         old_names = {b.name for b in old.backends}
         new_names = {b.name for b in new.backends}
         for name in old_names - new_names:
@@ -451,15 +411,6 @@ class Baton:
         if self.failover is not None:
             self.failover.update(new.failover, new.backends)
             self.spawn(self._check_privileges(new))
-
-    def _log_out(self, users: Collection[str], require_tls: bool) -> None:
-        """Sessions of users a reload removed or changed (and plain sessions when TLS became
-        required) end after their current statement, as a DBA expects of a revoked account."""
-        for session in list(self.sessions.values()):
-            if session.user in users:
-                session.end_after_statement("account removed or changed by reload")
-            elif require_tls and session.user and "tls" not in session.link:
-                session.end_after_statement("require_tls turned on by reload")
 
     def set_backend_state(self, name: str, state: BackendState) -> None:
         """Admin override: OFFLINE_SOFT drains, OFFLINE_HARD closes now, ONLINE lifts it."""
@@ -536,8 +487,66 @@ async def serve(config_path: str) -> None:
     log.info("stopped")
 
 
+# A reload's steps, kept beside Baton.reload: binding first, then applying everything at once.
+
+
+async def reload_to(app: Baton, new: Config) -> ReloadResult:
+    """Binds what the new config needs, then applies it (``app._apply_reload``) all at once."""
+    async with app._reload_lock:
+        try:
+            rebinds = await prepare_rebinds(app.listeners, new)
+        except ListenError as exc:
+            log.error("reload_rejected error=%r", str(exc))
+            return ReloadResult(False, time.time(), "cannot listen; still running the previous config", (str(exc),))
+        diff = diff_configs(app.config, new)
+        try:
+            await app._apply_reload(new)
+        except BaseException:
+            for rebind in rebinds:
+                rebind.abort()
+            raise
+        for rebind in rebinds:
+            rebind.commit()
+    result = ReloadResult(True, time.time(), diff.summary() if diff else "no changes", ())
+    log.info("reload_applied changes=%r", result.summary)
+    return result
+
+
+def log_out_users(app: Baton, users: Collection[str], require_tls: bool) -> None:
+    """Sessions of users a reload removed or changed (and plain sessions when TLS became
+    required) end after their current statement, as a DBA expects of a revoked account."""
+    for session in list(app.sessions.values()):
+        if session.user in users:
+            session.end_after_statement("account removed or changed by reload")
+        elif require_tls and session.user and "tls" not in session.link:
+            session.end_after_statement("require_tls turned on by reload")
+
+
 def run(config_path: str) -> None:
     """Runs Baton in the foreground on uvloop until SIGTERM/SIGINT."""
     import uvloop
 
     uvloop.run(serve(config_path))
+
+
+async def learn_server_version(app: Baton) -> None:
+    """Clients see the master's version string (drivers switch features on it) unless the
+    config names one; an unreachable master leaves the default."""
+    if app.config.proxy.server_version:
+        return
+    master = app.config.master_hint or app.config.backends[0]
+    mon = app.config.monitor
+    try:
+        conn = await connect(
+            master.name, master.host, master.port,
+            Credentials(mon.user, mon.password.encode(), None),
+            timeout=app.config.proxy.connect_timeout_ms / 1000,
+            capabilities=int(SUPPORTED_CAPABILITIES),
+            security=backend_security(master),
+        )
+    except BackendError as exc:
+        log.warning("server_version_unknown backend=%s reason=%s using=%s", master.name, exc.reason, app.server_version)
+        return
+    app.context.server_version = conn.server_version
+    conn.close()
+    log.info("server_version_learned backend=%s version=%s", master.name, app.server_version)

@@ -18,8 +18,8 @@ import socket
 from collections.abc import Collection
 
 from .. import logs
-from ..app import Baton
-from ..config import Config
+from ..app import Baton, log_out_users, reload_to
+from ..config import Config, users_logged_out
 from ..health.timeline import ClientOutcome
 from .channel import Channel, ChannelClosed
 from .messages import (
@@ -157,13 +157,14 @@ class WorkerBaton(Baton):
         follow(self.topology, state.snapshot, state.source)
 
     async def _reload_from_brain(self, config: Config, state: TopologyState) -> None:
-        result = await self._reload_to(worker_config(config, self.index, self.count))
+        result = await reload_to(self, worker_config(config, self.index, self.count))
         self.last_reload = result
         self._follow(state)
 
     async def _apply_reload(self, new: Config) -> None:
         """Backends come and go as the brain's reload says; who is master is the brain's
         topology's business (it follows in the same message)."""
+        log_out_users(self, users_logged_out(self.config, new), new.proxy.require_tls)
         old_names = {b.name for b in self.config.backends}
         new_names = {b.name for b in new.backends}
         for name in old_names - new_names:

@@ -1017,7 +1017,7 @@ def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() ->
     classifier._CACHE_MULTI.clear()
     fresh = [classify(s) for s in stmts]
     assert first == again == fresh
-    assert fresh[-4].pin is Pin.USER_VAR_ASSIGN and fresh[-3].kill == (7, False)
+    assert fresh[-4].pin is Pin.USER_VAR_ASSIGN and fresh[-3].kill == KillRequest(7, False)
     assert fresh[-2].local and fresh[-1].ddl
     # keyed by the multi-statements setting too: the same text may split or not
     two = b"SELECT 1; SELECT @a := 2"
