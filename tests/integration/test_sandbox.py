@@ -226,7 +226,7 @@ def test_config_toml_describes_the_topology_and_merges_overrides(
         failover={"mode": "auto"},
     )
     config = tomllib.loads(text)
-    assert config["proxy"] == {"listen": "127.0.0.1:7001", "max_backend_connections": 5}
+    assert config["proxy"] == {"listen": "127.0.0.1:7001", "workers": 1, "max_backend_connections": 5}
     assert config["admin"] == {"listen": "127.0.0.1:7002"}
     assert config["metrics"] == {"listen": ""}
     assert config["monitor"] == {"user": "monitor", "password": "monitor"}
