@@ -8,9 +8,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from . import logs
 from .admin.server import AdminServer
@@ -467,19 +467,30 @@ class Baton:
         return True
 
 
-async def serve(config_path: str) -> None:
+class Front(Protocol):
+    """What runs the process for the signals: the Baton itself, or the brain over its workers."""
+
+    async def start(self) -> None: ...
+    async def shutdown(self, graceful: bool = True) -> None: ...
+    async def reload(self) -> ReloadResult: ...
+
+
+async def serve(config_path: str, front: Callable[[Baton], Front] | None = None) -> None:
+    """Runs until stopped: SIGTERM/SIGINT shut down gracefully, SIGHUP reloads, the pid file
+    lives as long as the process. ``front`` wraps the Baton (the workers' brain) when given."""
     config = load_config(config_path)
     logs.setup(config.log.level, config.log.format)
     app = Baton(config, config_path)
+    service: Front = front(app) if front is not None else app
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: app.spawn(app.shutdown(graceful=True)))
-    loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(app.reload()))
+        loop.add_signal_handler(sig, lambda: app.spawn(service.shutdown(graceful=True)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(service.reload()))
     pid_file = config.proxy.pid_file
     if pid_file:
         Path(pid_file).write_text(f"{os.getpid()}\n")
     try:
-        await app.start()
+        await service.start()
         await app.wait_stopped()
     finally:
         if pid_file:

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 import sys
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import logs
+from .. import app
 from ..admin.view import ReloadResult, WorkerRow
 from ..app import Baton
-from ..config import Config, load_config
+from ..config import Config
 from ..health.events import MasterPromoted
 from ..health.states import BackendState
 from ..listeners import Listener, ListenError, Rebind
@@ -76,8 +73,8 @@ QUICK_EXIT_S = 5.0
 RESTART_PAUSE_S = 1.0
 
 
-class WorkerStartError(Exception):
-    pass
+class WorkerStartError(OSError):
+    """A worker did not start (``baton run`` reports it like a port that cannot be bound)."""
 
 
 class ProxyAddressCheck(Listener):
@@ -470,27 +467,7 @@ class Brain:
 
 
 async def serve(config_path: str) -> None:
-    config = load_config(config_path)
-    logs.setup(config.log.level, config.log.format)
-    core = Baton(config, config_path)
-    brain = Brain(core, config.proxy.worker_count)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: core.spawn(brain.shutdown(graceful=True)))
-    loop.add_signal_handler(signal.SIGHUP, lambda: core.spawn(brain.reload()))
-    pid_file = config.proxy.pid_file
-    if pid_file:
-        Path(pid_file).write_text(f"{os.getpid()}\n")
-    try:
-        try:
-            await brain.start()
-        except WorkerStartError as exc:
-            raise OSError(str(exc)) from None
-        await core.wait_stopped()
-    finally:
-        if pid_file:
-            Path(pid_file).unlink(missing_ok=True)
-    log.info("stopped")
+    await app.serve(config_path, lambda core: Brain(core, core.config.proxy.worker_count))
 
 
 def run(config_path: str) -> None:
