@@ -43,6 +43,7 @@ import pymysql
 from perf.bench import RESULTS_DIR, BatonProcess, override_sections, parse_override, say
 from perf.proc_stats import sample
 from proxy.sandbox import ReplicationSandbox, free_ports, mariadb_version
+from proxy.sandbox.sampling import ConnectionSampler
 
 USER = PASSWORD = "app"
 DATABASE = "test"
@@ -128,47 +129,6 @@ def _close(conn: pymysql.Connection | None) -> None:
             conn.close()
 
 
-# --- backend connections -------------------------------------------------------------------------
-
-
-class ConnectionSampler:
-    """Counts user app's connections on every server, every interval, in a thread of its own."""
-
-    def __init__(self, sandbox: ReplicationSandbox, interval: float) -> None:
-        self.sandbox = sandbox
-        self.interval = interval
-        self.peak: dict[str, int] = {}
-        self.samples: dict[str, list[int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
-
-    def __enter__(self) -> ConnectionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        conns = {inst.name: inst.connect() for inst in self.sandbox.instances}
-        try:
-            while not self._stop.is_set():
-                for name, conn in conns.items():
-                    with contextlib.suppress(pymysql.MySQLError), conn.cursor() as cur:
-                        cur.execute(
-                            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                            (USER,),
-                        )
-                        n = int(cur.fetchone()[0])
-                        self.samples.setdefault(name, []).append(n)
-                        self.peak[name] = max(self.peak.get(name, 0), n)
-                self._stop.wait(self.interval)
-        finally:
-            for conn in conns.values():
-                _close(conn)
-
-
 # --- one run -------------------------------------------------------------------------------------
 
 
@@ -217,7 +177,7 @@ def run(
     stats = [ClientStats() for _ in range(clients)]
     threads = []
     cpu_before = sample(proxy_pid) if proxy_pid else None
-    with ConnectionSampler(sandbox, args.sample_ms / 1000) as sampler:
+    with ConnectionSampler(sandbox, USER, args.sample_ms / 1000) as sampler:
         for i in range(clients):
             plan = ClientPlan(
                 port=port,

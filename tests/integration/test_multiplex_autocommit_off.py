@@ -20,6 +20,7 @@ import pytest
 
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess
+from proxy.sandbox.sampling import ConnectionSampler
 from tests.support.clients import pymysql_connect
 
 USER = "mux11"
@@ -52,41 +53,6 @@ def connect(proxy: BatonProcess) -> pymysql.Connection:
     return pymysql_connect(proxy, user=USER, password=USER, autocommit=False, read_timeout=30)
 
 
-class ServerConnections:
-    """The most connections of USER any server had, sampled in a thread while the block runs."""
-
-    def __init__(self, sandbox: ReplicationSandbox) -> None:
-        self.sandbox = sandbox
-        self.peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ServerConnections:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        conns = {i.name: i.connect() for i in self.sandbox.instances}
-        try:
-            while not self._stop.is_set():
-                for name, conn in conns.items():
-                    with conn.cursor() as cur:
-                        cur.execute(
-                            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                            (USER,),
-                        )
-                        n = int(cur.fetchone()[0])
-                    self.peak[name] = max(self.peak.get(name, 0), n)
-                self._stop.wait(0.02)
-        finally:
-            for conn in conns.values():
-                conn.close()
-
-
 def test_autocommit_off_sessions_share_a_few_backend_connections(
     sandbox: ReplicationSandbox, baton, mux_user: str
 ) -> None:
@@ -111,10 +77,11 @@ def test_autocommit_off_sessions_share_a_few_backend_connections(
             together.wait()
         return seen
 
-    with ServerConnections(sandbox) as counted, ThreadPoolExecutor(8) as ex:
+    with ConnectionSampler(sandbox, USER, 0.02) as counted, ThreadPoolExecutor(8) as ex:
         results = list(ex.map(client, range(1, 9)))
     for who, seen in enumerate(results, start=1):
         assert seen == [(who, 0, 1, 1)] * 5
+    assert counted.errors == 0
     assert counted.peak.get(sandbox.master.name, 0) <= 2
     assert all(counted.peak.get(r.name, 0) == 0 for r in sandbox.replicas)
 
@@ -251,7 +218,7 @@ def test_a_thousand_autocommit_off_clients_over_twenty_connections(
     began = time.monotonic()
     try:
         end_at = began + RUN_S
-        with ServerConnections(sandbox) as counted, ThreadPoolExecutor(ACCEPTANCE_CLIENTS) as ex:
+        with ConnectionSampler(sandbox, USER, 0.02) as counted, ThreadPoolExecutor(ACCEPTANCE_CLIENTS) as ex:
             futures = [
                 ex.submit(
                     acceptance_client, proxy, who, began + RAMP_S * who / ACCEPTANCE_CLIENTS, end_at
@@ -274,5 +241,6 @@ def test_a_thousand_autocommit_off_clients_over_twenty_connections(
     assert errors == [], (len(errors), errors[:5])
     assert [leak for r in results for leak in r.leaks] == []
     assert all(r.transactions >= 1 for r in results)
+    assert counted.errors == 0
     assert all(n <= ACCEPTANCE_POOL for n in counted.peak.values()), counted.peak
     assert counted.peak.get(sandbox.master.name, 0) > 0
