@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import io
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tests.support.clients import (
     MiB,
     RssSampler,
     connector_connect,
+    kill_a_running_sleep,
     launch_baton,
     one_auth_plugin,
     pymysql_connect,
@@ -483,26 +483,7 @@ def test_kill_query_with_the_greeting_connection_id_interrupts_that_session(
     proxy: BatonProcess,
 ) -> None:
     with pymysql_connect(proxy) as victim, pymysql_connect(proxy) as killer:
-        outcome: dict[str, Any] = {}
-
-        def long_query() -> None:
-            started = time.monotonic()
-            with victim.cursor() as cur:
-                try:
-                    cur.execute("SELECT SLEEP(5)")
-                    outcome["interrupted"] = cur.fetchone() == (1,)  # MySQL's answer when killed
-                except pymysql.err.OperationalError as exc:
-                    outcome["interrupted"] = exc.args[0] == 1317  # MariaDB's: query interrupted
-            outcome["seconds"] = time.monotonic() - started
-
-        sleeper = threading.Thread(target=long_query)
-        sleeper.start()
-        time.sleep(0.5)
-        try:
-            with killer.cursor() as cur:
-                cur.execute(f"KILL QUERY {victim.thread_id()}")
-        finally:
-            sleeper.join(10)
+        outcome = kill_a_running_sleep(victim, killer, f"KILL QUERY {victim.thread_id()}")
         assert outcome["interrupted"] and outcome["seconds"] < 3, outcome
         with victim.cursor() as cur:
             cur.execute("SELECT 'still connected'")

@@ -7,8 +7,6 @@ None of them reaches a backend: a backend thread with that number, of the same a
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from proxy.protocol.framing import frame
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess
-from tests.support.clients import pymysql_connect
+from tests.support.clients import kill_a_running_sleep, pymysql_connect
 from tests.support.raw_client import RawClient, parse_err
 
 
@@ -92,26 +90,7 @@ def test_a_prepared_kill_is_refused(proc: BatonProcess, backend_thread: pymysql.
 
 def test_kill_hard_and_a_commented_kill_resolve_to_baton_sessions(proc: BatonProcess) -> None:
     with pymysql_connect(proc) as victim, pymysql_connect(proc) as killer:
-        outcome: dict[str, Any] = {}
-
-        def long_query() -> None:
-            started = time.monotonic()
-            with victim.cursor() as cur:
-                try:
-                    cur.execute("SELECT SLEEP(5)")
-                    outcome["interrupted"] = cur.fetchone() == (1,)
-                except pymysql.err.OperationalError as exc:
-                    outcome["interrupted"] = exc.args[0] == 1317
-            outcome["seconds"] = time.monotonic() - started
-
-        sleeper = threading.Thread(target=long_query)
-        sleeper.start()
-        time.sleep(0.5)
-        try:
-            with killer.cursor() as cur:
-                cur.execute(f"KILL HARD QUERY /* the slow one */ {victim.thread_id()}")
-        finally:
-            sleeper.join(10)
+        outcome = kill_a_running_sleep(victim, killer, f"KILL HARD QUERY /* the slow one */ {victim.thread_id()}")
         assert outcome["interrupted"] and outcome["seconds"] < 3, outcome
         with killer.cursor() as cur:
             cur.execute(f"KILL /*c*/ {victim.thread_id()}")

@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,32 @@ def admin_stat(proc: BatonProcess, variable: str) -> str | None:
     """One SHOW STATS value, as text (the value column holds numbers and names)."""
     rows = admin_rows(proc, f"SELECT value FROM stats WHERE variable = '{variable}'")
     return None if not rows or rows[0]["value"] is None else str(rows[0]["value"])
+
+
+def kill_a_running_sleep(
+    victim: pymysql.Connection, killer: pymysql.Connection, kill_sql: str
+) -> dict[str, Any]:
+    """Runs ``SELECT SLEEP(5)`` on ``victim`` and, half a second in, ``kill_sql`` on ``killer``;
+    returns whether the sleep was interrupted and how long it ran (``interrupted``,
+    ``seconds``)."""
+    outcome: dict[str, Any] = {"interrupted": False}
+
+    def long_query() -> None:
+        started = time.monotonic()
+        with victim.cursor() as cur:
+            try:
+                cur.execute("SELECT SLEEP(5)")
+                outcome["interrupted"] = cur.fetchone() == (1,)  # MySQL's answer when killed
+            except pymysql.err.OperationalError as exc:
+                outcome["interrupted"] = exc.args[0] == 1317  # MariaDB's: query interrupted
+        outcome["seconds"] = time.monotonic() - started
+
+    sleeper = threading.Thread(target=long_query)
+    sleeper.start()
+    time.sleep(0.5)
+    try:
+        with killer.cursor() as cur:
+            cur.execute(kill_sql)
+    finally:
+        sleeper.join(10)
+    return outcome
