@@ -713,26 +713,9 @@ _SCOPES = {
 _NOT_VARIABLES = frozenset(("password",))  # SET PASSWORD = ... changes an account
 
 
-# Drivers and pools repeat the same few SETs (SET NAMES, SET autocommit, SET SESSION
-# TRANSACTION ...) on every connection or checkout, and parsing one costs several µs.
-_SET_CACHE: dict[bytes, Classification] = {}
-_SET_CACHE_SIZE = 256
-_SET_CACHE_MAX_LEN = 256
-
-
 def _set(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
-    if depth or len(raw) > _SET_CACHE_MAX_LEN:  # nested: the outer hint is not in raw
-        return _parse_set(raw, pos, hint, depth)
-    c = _SET_CACHE.get(raw)
-    if c is None:
-        c = _parse_set(raw, pos, hint, depth)
-        if len(_SET_CACHE) >= _SET_CACHE_SIZE:
-            _SET_CACHE.clear()
-        _SET_CACHE[raw] = c
-    return c
-
-
-def _parse_set(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
+    # (Repeated SET texts, as drivers send on every checkout, are answered by classify()'s
+    # cache of recent statements before they get here.)
     k = _blank(raw)
     if _SET_STATEMENT.match(k, pos):  # MariaDB: SET STATEMENT v=x[, ...] FOR <stmt>
         m = _top_level(k, pos, _FOR_OR_PAREN)
