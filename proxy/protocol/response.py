@@ -479,15 +479,9 @@ class ResponseTracker:
                 self.status = payload[3] | (payload[4] << 8)
             return
         # OK packet (0x00, or 0xFE under DEPRECATE_EOF): header, two lenenc ints, status
-        pos = 1
-        for _ in range(2):
-            if pos >= len(payload):
-                raise ProtocolError("OK packet truncated")
-            b = payload[pos]
-            pos += 1 if b < 0xFB else (3 if b == 0xFC else 4 if b == 0xFD else 9)
-        if pos + 2 > len(payload):
+        status = _ok_status(payload, 1, len(payload))
+        if status < 0:
             raise ProtocolError("OK packet truncated before its status flags")
-        status = payload[pos] | (payload[pos + 1] << 8)
         self.status = status
         if status & _STATE_CHANGED:
             self.state_oks.append(payload)
