@@ -35,6 +35,7 @@ from .protocol.handshake import Account
 from .routing.router import Router
 from .session import ClientSession, SessionContext
 from .session.context import PeerSession
+from .session.idle_holders import IdleHolders
 from .stats import Stats
 from .tls import backend_security, server_context
 from .user_limits import UserLimits
@@ -72,7 +73,9 @@ class Baton:
         self._topology_waiters: list[asyncio.Future[None]] = []
         self.bus.subscribe(self._on_event)
         self.router = Router(self.topology, self, self.stats, config)
-        self.pools = Pools(self.spawn, self._release_idle_connection)
+        # A session waiting for a connection takes one an idle session holds.
+        idle_holders = IdleHolders()
+        self.pools = Pools(self.spawn, idle_holders.give_back)
         self.accounts: dict[str, Account] = {}
         self.monitor: Monitor | None = None
         self.failover: FailoverCoordinator | None = None
@@ -98,6 +101,7 @@ class Baton:
             server_version=config.proxy.server_version or DEFAULT_SERVER_VERSION,
             backend_capabilities=BACKEND_CAPABILITIES_BASE,
             rsa_key=rsa_key,
+            idle_holders=idle_holders,
         )
         self.proxy_listener = Listener("proxy", self._new_session, backlog=1024)
         self.listeners: list[Listener] = [self.proxy_listener]  # reloads move each of them
@@ -235,13 +239,6 @@ class Baton:
         return fut
 
     # -- connections --------------------------------------------------------------------------
-
-    def _release_idle_connection(self, backend: str) -> None:
-        """A session waits for a connection to ``backend``: take one from an idle session
-        that is free to move (the janitor would, but only after idle_release_s)."""
-        for session in self.sessions.values():
-            if session.give_back_idle(backend):
-                return
 
     def _release_idle_sessions(self, idle_before: float) -> None:
         for session in list(self.sessions.values()):

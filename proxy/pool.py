@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from .backend import BackendConnection, BackendError, Credentials, await_login, connect
+from .net import within
 from .tls import NO_TLS, BackendSecurity
 
 log = logging.getLogger("baton.pool")
@@ -71,7 +72,7 @@ class BackendPool:
     # statement when nobody is waiting (the usual case).
     waiters_total: WaiterCount = field(default_factory=WaiterCount)
     # Called when a session starts waiting: lets idle sessions give a connection back now.
-    on_wait: Callable[[str], None] | None = None
+    on_wait: Callable[[str], object] | None = None
 
     def __post_init__(self) -> None:
         self._idle: dict[PoolKey, deque[BackendConnection]] = {}
@@ -189,7 +190,7 @@ class BackendPool:
             if self.on_wait is not None:
                 self.on_wait(self.name)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                await within(waiter, remaining)
             except TimeoutError:
                 raise exhausted from None
             finally:

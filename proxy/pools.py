@@ -1,11 +1,17 @@
 """Every backend pool of the process, and the one way a connection goes back to one.
 
 ``Pools`` owns the per-backend ``BackendPool`` objects (built and re-sized from the config),
-the count of sessions waiting for a connection across all of them, the reset done before a
-connection is reused (COM_RESET_CONNECTION, so no state leaks between clients), retiring a
-pool's connections (a promotion, OFFLINE_HARD) and the periodic idle sweep. Sessions say *why*
+the count of sessions waiting for a connection across all of them, retiring a pool's
+connections (a promotion, OFFLINE_HARD) and the periodic idle sweep. Sessions say *why*
 they let a connection go (``Release``); what that means for the connection is decided here,
 as pgbouncer's ``release_server``/``disconnect_server`` do.
+
+A connection given back between statements is pooled at once, marked ``reset_pending``: the
+next session's restore writes COM_RESET_CONNECTION ahead of its own schema and SETs (one round
+trip, see ``routing.session_state.restore``), so no state leaks between clients and a handover
+costs one round trip instead of two (reset, then restore). A connection on which the session
+prepared statements is reset at once instead (``Release.RESET``): the server keeps them, and
+counts them against max_prepared_stmt_count, until a reset.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ log = logging.getLogger("baton.pool")
 class Release(Enum):
     """How a connection a session lets go is treated."""
 
-    REUSE = "reuse"  # healthy, between statements: reset, then pooled for the next session
+    REUSE = "reuse"  # healthy, between statements: pooled, reset by the next session's restore
+    # healthy, but holding server resources (prepared statements) that should not wait for
+    # the next session: reset now, then pooled
+    RESET = "reset"
     DISCARD = "discard"  # broke or cannot be trusted: closed (or just counted out if dead)
     ABORT = "abort"  # mid-statement or mid-transaction: aborted, never reused
 
@@ -40,7 +49,7 @@ class Pools:
     def __init__(
         self,
         spawn: Callable[[Coroutine[Any, Any, None]], object],
-        on_wait: Callable[[str], None],
+        on_wait: Callable[[str], object],
     ) -> None:
         self._pools: dict[str, BackendPool] = {}
         self._spawn = spawn
@@ -123,15 +132,20 @@ class Pools:
         if conn.multi_option is not None:  # an option COM_RESET_CONNECTION would not undo
             pool.release(conn, reusable=False)
             return
-        self._spawn(self._reset_and_release(pool, conn))
+        conn.reset_pending = True
+        if how is Release.RESET:
+            self._spawn(self._reset_and_release(pool, conn))
+        else:
+            pool.release(conn)
 
     async def _reset_and_release(self, pool: BackendPool, conn: BackendConnection) -> None:
+        """Frees the server-side statements of the last session now; ``reset_pending`` stays
+        set, so the next session's restore still selects its schema again after the reset."""
         try:
             tracker = await conn.command(Command.RESET_CONNECTION, timeout=2)
             ok = tracker.error is None
         except BackendError:
             ok = False
-        conn.schema_stale = conn.schema is not None
         pool.release(conn, reusable=ok)
 
     # -- maintenance --------------------------------------------------------------------------

@@ -7,15 +7,16 @@ it on a connection before the session's first statement there (one ``SET`` with 
 
 Only literal values are replayed (``SET @a = 5``, ``SET sql_mode = 'ANSI'``): an expression
 (``SET @a = NOW()``, ``SET @a = (SELECT ...)``) could evaluate differently elsewhere, so such a
-session is pinned to the master instead of guessing. Connections given back to the pool are
-reset first (COM_RESET_CONNECTION), so state never leaks from one client to another.
+session is pinned to the master instead of guessing. A connection another session used is
+reset (COM_RESET_CONNECTION) in the same write as the replay, so state never leaks from one
+client to another.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..backend import BackendConnection, BackendError, QueryError
+from ..backend import BackendConnection, BackendError
 from ..protocol.constants import Command
 from ..protocol.packets import ErrPacket
 from .classifier import SetItem, is_literal
@@ -136,30 +137,37 @@ def _raw(text: str) -> bytes:
 
 
 async def restore(owner: object, state: SessionState, conn: BackendConnection) -> None:
-    """Makes ``conn`` match the session ``owner`` whose recorded state is ``state``."""
-    if state.schema and (conn.schema != state.schema or conn.schema_stale):
-        tracker = await conn.command(Command.INIT_DB, state.schema.encode(), timeout=5)
-        if tracker.error is not None:
-            raise StateRestoreError(
-                conn.backend, f"cannot select schema {state.schema!r}: {tracker.error.message}", tracker.error
-            )
-        conn.schema = state.schema
-        conn.schema_stale = False
+    """Makes ``conn`` match the session ``owner`` whose recorded state is ``state``: the
+    reset of the last session's state, the schema, the multi-statement option and the SETs
+    it lacks, written at once (one round trip), checked in order."""
+    steps: list[tuple[int, bytes, str]] = []  # command, body, what failing it means
+    reset = conn.reset_pending
+    if reset:
+        steps.append((Command.RESET_CONNECTION, b"", "cannot reset the connection"))
+    if state.schema and (conn.schema != state.schema or reset):
+        steps.append((Command.INIT_DB, state.schema.encode(), f"cannot select schema {state.schema!r}"))
     option = state.multi_option
     if option is not None and conn.multi_option != option:
-        tracker = await conn.command(Command.SET_OPTION, bytes((option & 0xFF, option >> 8)), timeout=5)
-        if tracker.error is not None:
-            raise StateRestoreError(conn.backend, f"cannot set the multi-statement option: {tracker.error.message}")
-        conn.multi_option = option
-    if conn.state_owner is owner and conn.state_version == state.version:
-        return
-    for sql in state.replay_statements():
-        try:
-            await conn.query(sql, timeout=5)
-        except QueryError as exc:
-            raise StateRestoreError(conn.backend, f"replaying the session's SET failed: {exc.err.message}") from None
-    conn.state_owner = owner
-    conn.state_version = state.version
+        steps.append((Command.SET_OPTION, bytes((option & 0xFF, option >> 8)), "cannot set the multi-statement option"))
+    replay = reset or not (conn.state_owner is owner and conn.state_version == state.version)
+    if replay:
+        steps += [(Command.QUERY, sql, "replaying the session's SET failed") for sql in state.replay_statements()]
+    if steps:
+        errors = await conn.pipeline([(command, body) for command, body, _ in steps], timeout=5)
+        for (command, _, failed), err in zip(steps, errors, strict=True):
+            if err is not None:
+                # A schema the server refuses (1049, 1044) is passed on at login as its own
+                # error; any other refusal stays Baton's 9109.
+                server_err = err if command == Command.INIT_DB else None
+                raise StateRestoreError(conn.backend, f"{failed}: {err.message}", server_err)
+            if command == Command.INIT_DB:
+                conn.schema = state.schema
+            elif command == Command.SET_OPTION:
+                conn.multi_option = option
+    conn.reset_pending = False
+    if replay:
+        conn.state_owner = owner
+        conn.state_version = state.version
 
 
 def in_sync(owner: object, state: SessionState, conn: BackendConnection) -> bool:
@@ -167,6 +175,7 @@ def in_sync(owner: object, state: SessionState, conn: BackendConnection) -> bool
     return (
         conn.state_owner is owner
         and conn.state_version == state.version
-        and (not state.schema or (conn.schema == state.schema and not conn.schema_stale))
+        and not conn.reset_pending
+        and (not state.schema or conn.schema == state.schema)
         and conn.multi_option == state.multi_option
     )

@@ -61,9 +61,13 @@ class SessionStatements(dict[int, PreparedStatement]):
         self._last_id += 1
         return self._last_id
 
-    def forget(self, conn: BackendConnection) -> None:
+    def forget(self, conn: BackendConnection) -> bool:
+        """``conn`` left the session; whether any statement was prepared on it."""
+        prepared = False
         for stmt in self.values():
+            prepared |= conn in stmt.backend_ids
             stmt.forget(conn)
+        return prepared
 
     def hold_long_data(self, stmt: PreparedStatement, payload: bytes, limit: int) -> None:
         """Keeps a SEND_LONG_DATA payload for the next execute, while the session holds at

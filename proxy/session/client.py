@@ -203,6 +203,7 @@ class ClientSession(Commands):
     def _closing(self) -> None:
         if self._login is not None:
             self._login.stop()
+        self.ctx.idle_holders.discard(self)
         self._leave_user_limits()
 
     def _leave_user_limits(self) -> None:

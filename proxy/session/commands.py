@@ -156,8 +156,8 @@ class Commands(PreparedCommands):
         self.state.clear()
 
     def _reset_connection(self, payload: bytes) -> None:
-        """COM_RESET_CONNECTION: the session's connections go back to the pool (where they
-        are reset); the session starts again from a clean state."""
+        """COM_RESET_CONNECTION: the session's connections go back to the pool (reset before
+        anyone uses them again); the session starts again from a clean state."""
         self._forget_session_state()
         self._write(self._ok(1))
         self._after_response()

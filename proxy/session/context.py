@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..server_login import LoginGate
 from ..throttle import LoginThrottle
 from ..user_limits import UserLimits
+from .idle_holders import IdleHolders
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,3 +73,4 @@ class SessionContext:
     pause_timeout_s: float = 60.0  # PAUSE holds statements at most this long
     user_limits: UserLimits = field(default_factory=UserLimits)  # [[users]] max_connections
     login_gate: LoginGate = field(default_factory=lambda: LoginGate(1000, 100, LoginThrottle()))
+    idle_holders: IdleHolders = field(default_factory=IdleHolders)  # who may give one back

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
@@ -72,6 +72,7 @@ class ClientIntake(asyncio.Protocol):
     """The transport side of a client session (``ClientSession`` is the whole of it)."""
 
     leases: Leases  # set by the layer that receives responses (execute.Execution)
+    give_back_idle: Callable[[str], bool]  # client.ClientSession's (IdleHolders asks it)
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
@@ -330,8 +331,12 @@ class ClientIntake(asyncio.Protocol):
         if self._ending:
             self._close(self._ending)
             return
-        if self.leases.conns and self.ctx.pools.waiters.n and self.free_to_move:
-            self.leases.release_wanted()
+        conns = self.leases.conns
+        if conns:
+            if self.ctx.pools.waiters.n and self.free_to_move:
+                self.leases.release_wanted()
+            if conns:
+                self.ctx.idle_holders.add(self, conns)
         self._next()
 
     # -- Baton's own replies ------------------------------------------------------------------

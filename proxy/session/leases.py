@@ -102,10 +102,12 @@ class Leases:
         if self.conns.get(conn.backend) is conn:
             del self.conns[conn.backend]
         conn.lessee = None
-        self._statements.forget(conn)
+        how = _HOW[why]
+        if self._statements.forget(conn) and how is Release.REUSE:
+            how = Release.RESET  # free its statements on the server now
         if why is Why.IDLE:
             conn.state_owner = None
-        self._pools.release(conn, _HOW[why])
+        self._pools.release(conn, how)
         if why is Why.MASTER_CHANGED:
             conn.abort("master changed")
 
