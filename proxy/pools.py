@@ -133,6 +133,7 @@ class Pools:
             pool.release(conn, reusable=False)
             return
         conn.reset_pending = True
+        conn.resume_reading()  # its session may have paused it (a client not reading replies)
         if how is Release.RESET:
             self._spawn(self._reset_and_release(pool, conn))
         else:

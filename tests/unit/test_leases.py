@@ -148,6 +148,17 @@ def test_a_connection_holding_prepared_statements_is_reset_before_it_is_pooled()
     assert counts(h) == (0, 1, 0) and not conn.closed
 
 
+def test_a_connection_paused_by_its_session_is_read_again_once_pooled() -> None:
+    """A session whose client stopped reading pauses its backends; the next session's
+    restore must hear its answers."""
+    h = Harness()
+    conn = h.lease()
+    h.leases.pause_reading()
+    assert conn.paused
+    h.leases.release(conn, Why.IDLE)  # type: ignore[arg-type]
+    assert counts(h) == (0, 1, 0) and not conn.paused
+
+
 def test_a_connection_whose_eager_reset_is_refused_is_closed() -> None:
     h = Harness()
     conn = h.lease()
