@@ -9,9 +9,10 @@ as pgbouncer's ``release_server``/``disconnect_server`` do.
 A connection given back between statements is pooled at once, marked ``reset_pending``: the
 next session's restore writes COM_RESET_CONNECTION ahead of its own schema and SETs (one round
 trip, see ``routing.session_state.restore``), so no state leaks between clients and a handover
-costs one round trip instead of two (reset, then restore). A connection on which the session
-prepared statements is reset at once instead (``Release.RESET``): the server keeps them, and
-counts them against max_prepared_stmt_count, until a reset.
+costs one round trip instead of two (reset, then restore). A connection is reset at once
+instead (``Release.RESET``) when its session prepared statements on it (the server counts them
+against max_prepared_stmt_count until a reset) or ended (named locks, LOCK TABLES and
+temporary tables it left must not wait for the pool's next taker).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Release(Enum):
     """How a connection a session lets go is treated."""
 
     REUSE = "reuse"  # healthy, between statements: pooled, reset by the next session's restore
-    # healthy, but holding server resources (prepared statements) that should not wait for
-    # the next session: reset now, then pooled
+    # healthy, but holding what should not wait for the next session (prepared statements,
+    # a departed session's named locks or temporary tables): reset now, then pooled
     RESET = "reset"
     DISCARD = "discard"  # broke or cannot be trusted: closed (or just counted out if dead)
     ABORT = "abort"  # mid-statement or mid-transaction: aborted, never reused

@@ -149,7 +149,7 @@ class Commands(PreparedCommands):
     # -- RESET_CONNECTION / CHANGE_USER -------------------------------------------------------
 
     def _forget_session_state(self) -> None:
-        self.leases.release_all(Why.IDLE)
+        self.leases.release_all(Why.ENDED)
         self.stmts.clear()
         self.routing.clear()
         self.state.multi_option = None

@@ -431,7 +431,7 @@ class ClientIntake(asyncio.Protocol):
         in_trx = self.routing.status & _IN_TRANS
         for conn in list(self.leases.conns.values()):
             busy = inflight is not None and inflight.conn is conn and conn.busy
-            self.leases.release(conn, Why.BUSY if busy or in_trx else Why.IDLE)
+            self.leases.release(conn, Why.BUSY if busy or in_trx else Why.ENDED)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._write_timer is not None:

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 
 class Why(Enum):
-    IDLE = "idle"  # between statements, nothing ties the session to it: reset and reuse
+    IDLE = "idle"  # between statements, nothing ties the session to it: reused (reset later)
+    # the session ended or started over (COM_RESET_CONNECTION, COM_CHANGE_USER): what it left
+    # there (named locks, LOCK TABLES, temporary tables) must go now: reset, then reused
+    ENDED = "ended"
     UNTRUSTED = "untrusted"  # broke, or its state cannot be trusted: close it
     BUSY = "busy"  # the session ends mid-statement or mid-transaction: abort it
     MASTER_CHANGED = "master_changed"  # on the demoted master: close and abort at once
@@ -32,6 +35,7 @@ class Why(Enum):
 
 _HOW = {
     Why.IDLE: Release.REUSE,
+    Why.ENDED: Release.RESET,
     Why.UNTRUSTED: Release.DISCARD,
     Why.BUSY: Release.ABORT,
     Why.MASTER_CHANGED: Release.DISCARD,
@@ -105,7 +109,7 @@ class Leases:
         how = _HOW[why]
         if self._statements.forget(conn) and how is Release.REUSE:
             how = Release.RESET  # free its statements on the server now
-        if why is Why.IDLE:
+        if why is Why.IDLE or why is Why.ENDED:
             conn.state_owner = None
         self._pools.release(conn, how)
         if why is Why.MASTER_CHANGED:

@@ -24,7 +24,7 @@ import pytest
 
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess, admin_rows, wait_for
-from tests.support.clients import pymysql_connect, scratch_table
+from tests.support.clients import connector_connect, pymysql_connect, scratch_table
 from tests.support.routing import count_servers, wait_readable
 
 StartBaton = Callable[..., BatonProcess]
@@ -339,3 +339,39 @@ def test_departed_clients_leave_their_connections_idle_and_reset(
         for _ in range(4):
             cur.execute("SELECT @left_behind, @@session.time_zone = @@global.time_zone")
             assert cur.fetchone() == (None, 1)
+
+
+def test_what_a_departed_or_reset_session_held_is_released_at_once(
+    baton: StartBaton, sandbox: ReplicationSandbox
+) -> None:
+    """A named lock lives on the backend connection: when its session ends, or starts over
+    with COM_RESET_CONNECTION, the connection goes back to the pool reset at once, so the
+    lock is free for others then, not whenever the pool next hands that connection out."""
+    proxy = baton(sandbox, proxy={"max_backend_connections": 3})
+    others = pymysql_connect(proxy)
+
+    def try_lock(name: str) -> int:
+        with others.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
+            (got,) = cur.fetchone()
+            cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+        return int(got or 0)
+
+    leaver = pymysql_connect(proxy)
+    with leaver.cursor() as cur:
+        cur.execute("SELECT GET_LOCK('held_by_leaver', 0)")
+        assert cur.fetchone() == (1,)
+    assert try_lock("held_by_leaver") == 0
+    leaver.close()
+    wait_for(lambda: try_lock("held_by_leaver") == 1, 5, "the leaver's lock released")
+
+    starter = connector_connect(proxy)
+    cur = starter.cursor()
+    cur.execute("SELECT GET_LOCK('held_before_reset', 0)")
+    assert cur.fetchall() == [(1,)]
+    cur.close()
+    assert try_lock("held_before_reset") == 0
+    starter.cmd_reset_connection()
+    wait_for(lambda: try_lock("held_before_reset") == 1, 5, "the lock released by the reset")
+    starter.close()
+    others.close()

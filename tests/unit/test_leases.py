@@ -159,6 +159,18 @@ def test_a_connection_paused_by_its_session_is_read_again_once_pooled() -> None:
     assert counts(h) == (0, 1, 0) and not conn.paused
 
 
+def test_a_session_that_ends_has_its_connection_reset_at_once() -> None:
+    """What a departed session leaves (named locks, LOCK TABLES, temporary tables) must not
+    wait for the pool's next taker."""
+    h = Harness()
+    conn = h.lease()
+    conn.state_owner = object()
+    h.leases.release(conn, Why.ENDED)  # type: ignore[arg-type]
+    assert conn.state_owner is None and counts(h) == (1, 0, 0)
+    h.run_spawned()
+    assert conn.commands == [Command.RESET_CONNECTION] and counts(h) == (0, 1, 0)
+
+
 def test_a_connection_whose_eager_reset_is_refused_is_closed() -> None:
     h = Harness()
     conn = h.lease()
