@@ -405,9 +405,9 @@ class Execution(StatementEffects):
         """The backend's socket is full (an upload faster than the server takes it): the
         client is not read meanwhile, so Baton never holds more than a socket's worth."""
         self._upload_paused = paused
-        if paused and self._raw_transport is not None:
-            self._raw_transport.pause_reading()
-        elif not paused:
+        if paused:
+            self._pause_intake()
+        else:
             self._resume_intake()
 
     def _infile_packet(self, seq: int, payload: bytes) -> None:

@@ -95,6 +95,7 @@ class ClientIntake(asyncio.Protocol):
         self.queued_bytes = 0  # payload bytes in ``queue``
         self._draining = False  # _drain is taking packets out of the reader
         self._output_paused = False  # the client's unread replies passed the high-water mark
+        self._intake_paused = False  # Baton stopped reading the client's socket
         self._upload_paused = False  # the backend is slow to take what the client sends
         self._write_timer: asyncio.TimerHandle | None = None
         self._ending = ""  # why the session ends once its current command is answered
@@ -143,13 +144,12 @@ class ClientIntake(asyncio.Protocol):
                 f"malformed compressed packet: {exc}",
             )
             return
-        raw = self._raw_transport
-        if raw is not None and zstream.backlog:
-            raw.pause_reading()
+        if zstream.backlog:
+            self._pause_intake()
         if stream:
             self._stream_received(stream)  # its drain asks for more when there is room
-        elif raw is not None and not zstream.backlog and self._room():
-            raw.resume_reading()  # a partial compressed packet needs the rest
+        elif not zstream.backlog and self._room():
+            self._unpause_intake()  # a partial compressed packet needs the rest
 
     def _stream_received(self, data: bytes) -> None:
         """The plain packet stream (after TLS and compression, where the client uses them)."""
@@ -185,16 +185,14 @@ class ClientIntake(asyncio.Protocol):
             while (state := self.client_state) is not _CLOSED:
                 budget -= 1
                 if not budget:  # a flood of small commands: let other sessions run, then go on
-                    if self._raw_transport is not None:
-                        self._raw_transport.pause_reading()
+                    self._pause_intake()
                     asyncio.get_running_loop().call_soon(self._resume_intake)
                     return
                 if state is not _LOGIN and not self._room():
                     # Full (or the client does not read its replies, or the backend does not
                     # take its upload): the rest stays in the reader and the socket is not
                     # read until there is room.
-                    if self._raw_transport is not None:
-                        self._raw_transport.pause_reading()
+                    self._pause_intake()
                     return
                 pkt = reader.next_packet()
                 if pkt is None:
@@ -228,12 +226,22 @@ class ClientIntake(asyncio.Protocol):
 
     def _read_more(self) -> None:
         """Take the client's next bytes: inflate what waits, else read the socket."""
-        raw = self._raw_transport
-        if raw is None:
-            return
         if self._zstream is not None and self._zstream.backlog:
             asyncio.get_running_loop().call_soon(self._inflate)
         else:
+            self._unpause_intake()
+
+    def _pause_intake(self) -> None:
+        """Stops reading the client's socket, until ``_unpause_intake``."""
+        raw = self._raw_transport
+        if raw is not None:
+            self._intake_paused = True
+            raw.pause_reading()
+
+    def _unpause_intake(self) -> None:
+        raw = self._raw_transport
+        if raw is not None and self._intake_paused:
+            self._intake_paused = False
             raw.resume_reading()
 
     def _next(self) -> None:
@@ -259,8 +267,7 @@ class ClientIntake(asyncio.Protocol):
         drains. A client that reads nothing for [proxy] client_write_timeout_s is cut."""
         self._output_paused = True
         self.leases.pause_reading()
-        if self._raw_transport is not None:
-            self._raw_transport.pause_reading()
+        self._pause_intake()
         loop = asyncio.get_running_loop()
         timeout = self.ctx.config.proxy.client_write_timeout_s
         self._write_timer = loop.call_later(timeout, self._write_stalled)
@@ -298,6 +305,8 @@ class ClientIntake(asyncio.Protocol):
         """Room again (the queue was served, replies drained, an upload's backend caught
         up): take the packets the reader kept back, then read (or inflate) more. Nothing while
         a drain loop is taking them, or while there is no room."""
+        if not self._intake_paused and not self.reader.buffered():
+            return  # the usual case, after every statement: the socket is read, nothing waits
         if (
             self._raw_transport is None
             or self.client_state is _CLOSED
