@@ -292,14 +292,7 @@ class BackendConnection(asyncio.Protocol):
             sql = sql.encode("utf-8", "surrogateescape")
         collector = _Collector(self.loop)
         self.send([frame(b"\x03" + sql, 0)], Command.QUERY, collector, collect=True)
-        try:
-            if timeout is None:
-                await collector.future
-            else:
-                await within(collector.future, timeout)
-        except TimeoutError:
-            self.abort("internal query timed out")
-            raise BackendError(self.backend, f"query timed out after {timeout}s") from None
+        await self._collected(collector, timeout, "query")
         tracker = self.tracker
         if tracker.error is not None:
             raise QueryError(tracker.error)
@@ -308,16 +301,8 @@ class BackendConnection(asyncio.Protocol):
     async def command(self, command: int, body: bytes = b"", timeout: float | None = None) -> ResponseTracker:
         """Runs a simple command (PING, INIT_DB, RESET_CONNECTION, STMT_PREPARE...) for Baton."""
         collector = _Collector(self.loop)
-        if not self.send([frame(bytes((command,)) + body, 0)], command, collector, collect=True):
-            return self.tracker
-        if timeout is None:
-            await collector.future
-        else:
-            try:
-                await within(collector.future, timeout)
-            except TimeoutError:
-                self.abort("internal command timed out")
-                raise BackendError(self.backend, f"command timed out after {timeout}s") from None
+        if self.send([frame(bytes((command,)) + body, 0)], command, collector, collect=True):
+            await self._collected(collector, timeout, "command")
         return self.tracker
 
     async def pipeline(self, commands: Sequence[tuple[int, bytes]], timeout: float) -> list[ErrPacket | None]:
@@ -325,17 +310,24 @@ class BackendConnection(asyncio.Protocol):
         (reset + schema at release, schema + SETs before a session's statement); the server
         answers them in order. Each command's error, or None; a BackendError if the
         connection fails or the answers take longer than ``timeout``."""
-        assert self.transport is not None and commands
+        assert commands
         pipeline = _Pipeline(self.loop, [command for command, _ in commands])
-        self.expect(commands[0][0], pipeline)
-        self.transport.writelines([frame(bytes((command,)) + body, 0) for command, body in commands])
-        self.last_used = time.monotonic()
-        try:
-            await within(pipeline.future, timeout)
-        except TimeoutError:
-            self.abort("internal commands timed out")
-            raise BackendError(self.backend, f"commands timed out after {timeout}s") from None
+        buffers = [frame(bytes((command,)) + body, 0) for command, body in commands]
+        self.send(buffers, commands[0][0], pipeline, collect=True)
+        await self._collected(pipeline, timeout, "commands")
         return pipeline.errors
+
+    async def _collected(self, collector: _Collector, timeout: float | None, what: str) -> None:
+        """Waits for Baton's own command(s) to be answered; past ``timeout`` the connection
+        is dropped (its answers would come later, out of turn)."""
+        if timeout is None:
+            await collector.future
+            return
+        try:
+            await within(collector.future, timeout)
+        except TimeoutError:
+            self.abort(f"internal {what} timed out")
+            raise BackendError(self.backend, f"{what} timed out after {timeout}s") from None
 
     def expect(self, command: int, sink: ResponseSink) -> None:
         """The response to ``command``, already written, goes to ``sink`` (collected)."""
