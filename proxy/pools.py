@@ -141,13 +141,17 @@ class Pools:
             pool.release(conn)
 
     async def _reset_and_release(self, pool: BackendPool, conn: BackendConnection) -> None:
-        """Frees the server-side statements of the last session now; ``reset_pending`` stays
-        set, so the next session's restore still selects its schema again after the reset."""
+        """Resets ``conn`` now, and selects its database again (the reset keeps it but sets
+        character_set_database back to the server's), in one round trip: it is pooled clean,
+        with nothing left for the next session's restore to reset."""
+        commands = [(Command.RESET_CONNECTION, b"")]
+        if conn.schema is not None:
+            commands.append((Command.INIT_DB, conn.schema.encode()))
         try:
-            tracker = await conn.command(Command.RESET_CONNECTION, timeout=2)
-            ok = tracker.error is None
+            ok = not any(await conn.pipeline(commands, timeout=2))
         except BackendError:
             ok = False
+        conn.reset_pending = not ok  # (a connection that refused is closed, not pooled)
         pool.release(conn, reusable=ok)
 
     # -- maintenance --------------------------------------------------------------------------

@@ -135,17 +135,22 @@ def test_idle_is_pooled_at_once_with_its_reset_left_to_the_next_session() -> Non
 
 def test_a_connection_holding_prepared_statements_is_reset_before_it_is_pooled() -> None:
     """The server keeps a session's statements (counted against max_prepared_stmt_count)
-    until a reset: such a connection is reset at once, and still marked, as the reset
-    leaves character_set_database to be set again by the next session's schema."""
+    until a reset: such a connection is reset at once, its database selected again in the
+    same write (the reset sets character_set_database back to the server's), and pooled
+    clean: the next session's restore has nothing to reset."""
     h = Harness()
     conn = h.lease()
+    conn.schema = "test"
     stmt = h.prepared_on(conn)
     h.leases.release(conn, Why.IDLE)  # type: ignore[arg-type]
     assert stmt.backend_ids == {} and stmt.cursor_conn is None
     assert counts(h) == (1, 0, 0)  # out of the pool while the reset runs
     h.run_spawned()
-    assert conn.commands == [Command.RESET_CONNECTION] and conn.reset_pending
+    assert conn.commands == [Command.RESET_CONNECTION, Command.INIT_DB]
+    assert conn.bodies == [b"", b"test"] and not conn.reset_pending
     assert counts(h) == (0, 1, 0) and not conn.closed
+    asyncio.run(restore(object(), SessionState(schema="test"), conn))  # type: ignore[arg-type]
+    assert conn.commands == [Command.RESET_CONNECTION, Command.INIT_DB]  # nothing more to send
 
 
 def test_a_connection_paused_by_its_session_is_read_again_once_pooled() -> None:
@@ -169,6 +174,7 @@ def test_a_session_that_ends_has_its_connection_reset_at_once() -> None:
     assert conn.state_owner is None and counts(h) == (1, 0, 0)
     h.run_spawned()
     assert conn.commands == [Command.RESET_CONNECTION] and counts(h) == (0, 1, 0)
+    assert not conn.reset_pending
 
 
 def test_a_connection_whose_eager_reset_is_refused_is_closed() -> None:
