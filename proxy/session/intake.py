@@ -341,11 +341,10 @@ class ClientIntake(asyncio.Protocol):
             self._close(self._ending)
             return
         conns = self.leases.conns
-        if conns:
-            if self.ctx.pools.waiters.n and self.free_to_move:
-                self.leases.release_wanted()
-            if conns:
-                self.ctx.idle_holders.add(self, conns)
+        if conns and self.ctx.pools.waiters.n and self.free_to_move:
+            self.leases.release_wanted()
+        if conns:  # (what release_wanted left)
+            self.ctx.idle_holders.add(self, conns)
         self._next()
 
     # -- Baton's own replies ------------------------------------------------------------------
