@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from . import logs
+from . import logs, native
 from .admin.server import AdminServer
 from .admin.view import ProxyView, ReloadResult, WorkerRow
 from .backend import BackendError, Credentials, connect
@@ -267,7 +267,8 @@ class Baton:
         cfg = self.config.proxy
         await self.proxy_listener.start_listening(self.config)
         self.spawn(self.pools.janitor(self._release_idle_sessions, self.idle_release_s))
-        log.info("listening address=%s backends=%s", cfg.listen, ",".join(b.name for b in self.config.backends))
+        log.info("listening address=%s backends=%s hot_path=%s", cfg.listen,
+                 ",".join(b.name for b in self.config.backends), native.status)
 
     async def start_operator(self, view: ProxyView) -> None:
         """The admin port and the metrics endpoint, showing ``view`` (this process, or every

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from mypy_extensions import mypyc_attr
+
 from .net import tcp_nodelay, within
 from .protocol.constants import SUPPORTED_CAPABILITIES, Command
 from .protocol.framing import PacketReader, frame
@@ -30,6 +32,7 @@ from .tls import NO_TLS, BackendSecurity
 log = logging.getLogger("baton.backend")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # pool.PoolExhausted (pool.py is not compiled)
 class BackendError(Exception):
     """A backend could not be reached, refused a login, or broke a connection."""
 
@@ -178,7 +181,9 @@ class BackendConnection(asyncio.Protocol):
                     self.sink = None
                     self.last_used = time.monotonic()
                     sink.response_done(self)
-                    if self.sink is not None:  # the next pipelined command's response
+                    # (busy, not self.sink: the type checker, and mypyc with it, would take
+                    # self.sink for the None assigned above, though response_done may re-arm it)
+                    if self.busy:  # the next pipelined command's response
                         self.data_received(data[used:])
                     else:  # bytes beyond the end of a response: the server broke protocol
                         self.abort("unexpected bytes after the end of a response")
@@ -442,20 +447,21 @@ async def connect(
     except TimeoutError:
         conn.abort("connect timeout")
         raise BackendError(backend, f"connect/login timed out after {int(timeout * 1000)} ms") from None
-    except ssl.SSLCertVerificationError as exc:
+    # One name per exception type: mypyc (proxy/native.py) gives a name a single type.
+    except ssl.SSLCertVerificationError as untrusted:
         conn.abort("server certificate refused")
         raise BackendError(
-            backend, f"TLS: server certificate not trusted ({exc.verify_message}); login not sent"
+            backend, f"TLS: server certificate not trusted ({untrusted.verify_message}); login not sent"
         ) from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as tls_error:
         conn.abort("TLS handshake failed")
-        raise BackendError(backend, f"TLS handshake failed: {exc.reason or exc}") from None
-    except OSError as exc:
-        conn.abort(str(exc))
-        raise BackendError(backend, exc.strerror or str(exc)) from None
-    except ProtocolError as exc:
-        conn.abort(str(exc))
-        raise BackendError(backend, f"protocol error during login: {exc}") from None
+        raise BackendError(backend, f"TLS handshake failed: {tls_error.reason or tls_error}") from None
+    except OSError as os_error:
+        conn.abort(str(os_error))
+        raise BackendError(backend, os_error.strerror or str(os_error)) from None
+    except ProtocolError as protocol_error:
+        conn.abort(str(protocol_error))
+        raise BackendError(backend, f"protocol error during login: {protocol_error}") from None
     except BackendError:
         conn.abort("login failed")
         raise

@@ -60,6 +60,23 @@ def run(config_path: str) -> None:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
+@main.command("build-native")
+@click.option("--status", "only_status", is_flag=True,
+              help="Only say whether Baton runs compiled or interpreted here.")
+def build_native(only_status: bool) -> None:
+    """Compile the statement hot path with mypyc for these sources (needs mypy and a C
+    compiler; ./run setup does it). Baton runs the same code interpreted without it.
+    """
+    from . import native
+
+    if not only_status:
+        try:
+            click.echo(f"built: {native.build()}")
+        except Exception as exc:  # a compiler error, no mypy...: Baton still runs interpreted
+            raise click.ClickException(f"native build failed: {exc}") from None
+    click.echo(f"baton here runs: {native.status if only_status else 'compiled'}")
+
+
 @main.command("check-config")
 @CONFIG_OPTION
 @click.option("--probe", is_flag=True,

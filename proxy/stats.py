@@ -5,11 +5,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Final
 
 from .protocol.constants import Command
 from .protocol.packets import ErrPacket
 
-_COMMAND_NAMES = {int(c): c.name.lower() for c in Command}
+_COMMAND_NAMES: Final = {int(c): c.name.lower() for c in Command}
 
 # Upper bounds (seconds) of the statement latency buckets, Prometheus-style "le". Fixed so that
 # observing costs one C-level bisect and one list increment; the metrics endpoint turns these

@@ -8,11 +8,12 @@ of 0xFFFFFF ends with an empty frame. Each frame takes the next sequence id.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from .constants import MAX_PAYLOAD
 from .wire import ProtocolError
 
-_HEADER = struct.Struct("<I")
+_HEADER: Final = struct.Struct("<I")
 
 
 class PacketTooLarge(ProtocolError):

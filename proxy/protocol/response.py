@@ -21,16 +21,17 @@ kept, for Baton's own queries (monitor, session restore).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 from .constants import MAX_PAYLOAD, Capability, Command, ServerStatus
 from .packets import ErrPacket, parse_err
 from .wire import PayloadReader, ProtocolError
 
-_MORE = int(ServerStatus.MORE_RESULTS_EXISTS)
-_CURSOR = int(ServerStatus.CURSOR_EXISTS)
-_STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
-_STMT_FETCH = int(Command.STMT_FETCH)
-_MAX = MAX_PAYLOAD
+_MORE: Final = int(ServerStatus.MORE_RESULTS_EXISTS)
+_CURSOR: Final = int(ServerStatus.CURSOR_EXISTS)
+_STATE_CHANGED: Final = int(ServerStatus.SESSION_STATE_CHANGED)
+_STMT_FETCH: Final = int(Command.STMT_FETCH)
+_MAX: Final = MAX_PAYLOAD
 
 
 def _ok_status(data: bytes | memoryview, pos: int, end: int) -> int:
@@ -63,19 +64,19 @@ class _State(IntEnum):
 
 
 # Plain ints for the hot path: enum attribute lookups cost more than the work itself.
-_DONE = int(_State.DONE)
-_RESULT_START = int(_State.RESULT_START)
-_COLUMNS = int(_State.COLUMNS)
-_COLUMNS_EOF = int(_State.COLUMNS_EOF)
-_ROWS = int(_State.ROWS)
-_SINGLE = int(_State.SINGLE)
-_PREPARE_START = int(_State.PREPARE_START)
-_PREPARE_PARAMS = int(_State.PREPARE_PARAMS)
-_PREPARE_PARAMS_EOF = int(_State.PREPARE_PARAMS_EOF)
-_PREPARE_COLUMNS = int(_State.PREPARE_COLUMNS)
-_PREPARE_COLUMNS_EOF = int(_State.PREPARE_COLUMNS_EOF)
-_INFILE = int(_State.INFILE)
-_FIELD_LIST = int(_State.FIELD_LIST)
+_DONE: Final = int(_State.DONE)
+_RESULT_START: Final = int(_State.RESULT_START)
+_COLUMNS: Final = int(_State.COLUMNS)
+_COLUMNS_EOF: Final = int(_State.COLUMNS_EOF)
+_ROWS: Final = int(_State.ROWS)
+_SINGLE: Final = int(_State.SINGLE)
+_PREPARE_START: Final = int(_State.PREPARE_START)
+_PREPARE_PARAMS: Final = int(_State.PREPARE_PARAMS)
+_PREPARE_PARAMS_EOF: Final = int(_State.PREPARE_PARAMS_EOF)
+_PREPARE_COLUMNS: Final = int(_State.PREPARE_COLUMNS)
+_PREPARE_COLUMNS_EOF: Final = int(_State.PREPARE_COLUMNS_EOF)
+_INFILE: Final = int(_State.INFILE)
+_FIELD_LIST: Final = int(_State.FIELD_LIST)
 
 # How each command's response begins.
 _START_STATE: dict[int, int] = {
@@ -97,8 +98,8 @@ def expects_response(command: int) -> bool:
 
 # ``ResponseTracker.state`` values its callers test on the hot path (the properties ``done``
 # and ``awaiting_infile`` say the same, at the price of a call).
-DONE = _DONE
-AWAITING_INFILE = _INFILE
+DONE: Final = _DONE
+AWAITING_INFILE: Final = _INFILE
 
 
 class ResponseTracker:

@@ -52,6 +52,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Final
 
 __all__ = [
     "Classification",
@@ -216,7 +217,7 @@ class Classification:
 # One token regex serves two scrubs. Executable-comment openers and the ``*/`` that
 # closes them are removed while their content stays. ``--`` starts a comment only when
 # followed by a space or control character, as in the server.
-_TOKENS = r"""
+_TOKENS: Final = r"""
     {sq}
   | {dq}
   | `(?:[^`]++|``)*+`?
@@ -226,11 +227,11 @@ _TOKENS = r"""
   | \#[^\n]*
   | --(?=[\x00-\x20]|\Z)[^\n]*
 """
-_TOKEN_BS = re.compile(
+_TOKEN_BS: Final = re.compile(
     _TOKENS.format(sq=r"'(?:[^'\\]++|\\.|'')*+'?", dq=r'"(?:[^"\\]++|\\.|"")*+"?').encode(),
     re.S | re.X,
 )
-_TOKEN_NBE = re.compile(  # NO_BACKSLASH_ESCAPES reading
+_TOKEN_NBE: Final = re.compile(  # NO_BACKSLASH_ESCAPES reading
     _TOKENS.format(sq=r"'(?:[^']++|'')*+'?", dq=r'"(?:[^"]++|"")*+"?').encode(),
     re.S | re.X,
 )
@@ -238,11 +239,11 @@ _TOKEN_NBE = re.compile(  # NO_BACKSLASH_ESCAPES reading
 
 # One statement: code up to a ``;`` outside strings and comments. Matching whole
 # statements keeps splitting at C speed, however many literals a bulk INSERT holds.
-_STATEMENT = r"(?:[^;'\"`/*\#\-]++|{tokens}|[/*\#\-])*+"
-_STATEMENT_BS = re.compile(
+_STATEMENT: Final = r"(?:[^;'\"`/*\#\-]++|{tokens}|[/*\#\-])*+"
+_STATEMENT_BS: Final = re.compile(
     _STATEMENT.format(tokens=_TOKEN_BS.pattern.decode()).encode(), re.S | re.X
 )
-_STATEMENT_NBE = re.compile(
+_STATEMENT_NBE: Final = re.compile(
     _STATEMENT.format(tokens=_TOKEN_NBE.pattern.decode()).encode(), re.S | re.X
 )
 
@@ -266,15 +267,15 @@ def _blank(raw: bytes, nbe: bool = False) -> bytes:
     return (_TOKEN_NBE if nbe else _TOKEN_BS).sub(_blank_token, raw)
 
 
-_HEAD = re.compile(
+_HEAD: Final = re.compile(
     rb"""(?:[\s(]++ | /\*[Mm]?!\d* | /\*.*?(?:\*/|\Z) | \*/ | \#[^\n]* | --(?=[\x00-\x20]|\Z)[^\n]*)*+
          ([A-Za-z_][A-Za-z0-9_]*)?""",
     re.S | re.X,
 )
-_HINT = re.compile(rb"\bbaton:(master|replica)\b(?:=([A-Za-z0-9_.\-]+))?", re.I)
+_HINT: Final = re.compile(rb"\bbaton:(master|replica)\b(?:=([A-Za-z0-9_.\-]+))?", re.I)
 
-_IDENT = rb"(?:`x*`|\"x*\"|[A-Za-z0-9_$\x80-\xff]+)"
-_QNAME = rb"(?P<a>" + _IDENT + rb")(?:\s*\.\s*(?P<b>" + _IDENT + rb"))?"
+_IDENT: Final = rb"(?:`x*`|\"x*\"|[A-Za-z0-9_$\x80-\xff]+)"
+_QNAME: Final = rb"(?P<a>" + _IDENT + rb")(?:\s*\.\s*(?P<b>" + _IDENT + rb"))?"
 
 
 def _unquote(tok: bytes) -> str:
@@ -303,7 +304,7 @@ def _text(raw: bytes, k: bytes, start: int, end: int) -> str | None:
 
 # ------------------------------------------------------------------- results
 
-_PIN_RANK = {  # one statement may create several pins; report the one never released
+_PIN_RANK: Final = {  # one statement may create several pins; report the one never released
     Pin.USER_VAR_ASSIGN: 0,
     Pin.FOUND_ROWS: 1,
     Pin.TEMP_TABLE: 2,
@@ -323,9 +324,10 @@ def _pick(current: Pin | None, new: Pin | None) -> Pin | None:
     return new
 
 
-_READ_KIND, _WRITE_KIND = Kind.READ, Kind.WRITE  # enum attribute lookups cost ~50 ns
-_PLAIN = {(kind, mo): Classification(kind, master_only=mo) for kind in Kind for mo in (False, True)}
-_WRITE = _PLAIN[Kind.WRITE, True]
+_READ_KIND: Final = Kind.READ
+_WRITE_KIND: Final = Kind.WRITE
+_PLAIN: Final = {(kind, mo): Classification(kind, master_only=mo) for kind in Kind for mo in (False, True)}
+_WRITE: Final = _PLAIN[Kind.WRITE, True]
 
 
 def _plain(kind: Kind, hint: Hint | None, master_only: bool = False) -> Classification:
@@ -346,7 +348,7 @@ def _write(hint: Hint | None) -> Classification:
 # class takes the first character and a lookbehind checks it.
 # Flattened text starts with the head keyword, never with an interesting word.
 
-_SCAN = re.compile(
+_SCAN: Final = re.compile(
     rb"""[^A-Z0-9_$\x80-\xff]
     (?: F(?: OR\s+(?:UPDATE|SHARE)\b
            | OUND_ROWS\s*\( )
@@ -467,31 +469,31 @@ def _scanned(kind: Kind, raw: bytes, hint: Hint | None) -> Classification:
 # nothing but calls (``SELECT|DO call [[AS] alias], ... [FROM DUAL]``) runs each call exactly
 # once, and for SELECT its single row holds call i's value in column i: lock_calls_exact.
 
-_LOCK_FUNCTIONS = {f.value.upper().encode(): f for f in LockFunction}
-_LOCK_HINT = re.compile(rb"_LOCK", re.I)  # cheap pre-check on raw
-_LOCK_FN = re.compile(
+_LOCK_FUNCTIONS: Final = {f.value.upper().encode(): f for f in LockFunction}
+_LOCK_HINT: Final = re.compile(rb"_LOCK", re.I)  # cheap pre-check on raw
+_LOCK_FN: Final = re.compile(
     rb"(?<![A-Za-z0-9_$\x80-\xff])(GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS|IS_FREE_LOCK"
     rb"|IS_USED_LOCK)\s*\(",
     re.I,
 )
 # A literal name alone as the first argument: not N'..', _cs'..', 'a' 'b', CONCAT(..).
-_LOCK_NAME = re.compile(rb"\s*('x*'|\"x*\")\s*(?=[,)])")
-_LOCK_ARGS = rb"""\s*\(\s*(?:'x*'|"x*")\s*"""
-_LOCK_TIMEOUT = rb"(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|NULL|@@?[\w$.]+)"
-_LOCK_ALIAS = (
+_LOCK_NAME: Final = re.compile(rb"\s*('x*'|\"x*\")\s*(?=[,)])")
+_LOCK_ARGS: Final = rb"""\s*\(\s*(?:'x*'|"x*")\s*"""
+_LOCK_TIMEOUT: Final = rb"(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|NULL|@@?[\w$.]+)"
+_LOCK_ALIAS: Final = (
     rb"""(?:\s*(?:AS\b\s*)?(?!FROM\b)(?:[A-Za-z_$\x80-\xff][\w$\x80-\xff]*|`x*`|'x*'|"x*"))?"""
 )
-_LOCK_ONE = (
+_LOCK_ONE: Final = (
     rb"(?:GET_LOCK" + _LOCK_ARGS + rb",\s*" + _LOCK_TIMEOUT + rb"\s*\)"
     rb"|(?:RELEASE_LOCK|IS_FREE_LOCK|IS_USED_LOCK)" + _LOCK_ARGS + rb"\)"
     rb"|RELEASE_ALL_LOCKS\s*\(\s*\))" + _LOCK_ALIAS
 )
-_LOCK_EXACT = re.compile(
+_LOCK_EXACT: Final = re.compile(
     rb"\s*(?:SELECT|DO)\s+" + _LOCK_ONE + rb"(?:\s*,\s*" + _LOCK_ONE + rb")*"
     rb"(?:\s+FROM\s+DUAL\b)?[\s;]*\Z",
     re.I,
 )
-_ESCAPES = {
+_ESCAPES: Final = {
     ord("0"): b"\0",
     ord("b"): b"\b",
     ord("n"): b"\n",
@@ -501,7 +503,7 @@ _ESCAPES = {
     ord("%"): b"\\%",  # kept with their backslash, for LIKE patterns
     ord("_"): b"\\_",
 }
-_ESCAPE = re.compile(rb"\\(.)", re.S)
+_ESCAPE: Final = re.compile(rb"\\(.)", re.S)
 
 
 def _string_value(literal: bytes) -> str:
@@ -563,7 +565,7 @@ def _with_locks(c: Classification, raw: bytes) -> Classification:
 # ------------------------------------------------------------------ handlers
 # Each takes (raw, pos after the head keyword, hint, depth) and returns a result.
 
-_MAX_DEPTH = 4  # SET STATEMENT / EXPLAIN ANALYZE / multi-statement nesting
+_MAX_DEPTH: Final = 4  # SET STATEMENT / EXPLAIN ANALYZE / multi-statement nesting
 
 
 def _read(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -573,7 +575,7 @@ def _read(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification
 # A write runs on the master whatever the scan finds; the scan only looks for pins. Like
 # ProxySQL (query_digests_max_query_length = 64 KB), bulk statements are looked at up to a
 # limit, so a multi-megabyte INSERT does not hold the event loop for milliseconds.
-_WRITE_SCAN_LIMIT = 64 * 1024
+_WRITE_SCAN_LIMIT: Final = 64 * 1024
 
 
 def _dml(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -584,8 +586,8 @@ def _help(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification
     return _plain(Kind.READ, hint)
 
 
-_SHOW_DIAG = re.compile(rb"\s*(?:COUNT\s*\(\s*\*\s*\)\s*)?(?:WARNINGS|ERRORS)\b", re.I)
-_SHOW_BINLOG = re.compile(rb"\s*(?:MASTER|BINARY|BINLOG)\b", re.I)
+_SHOW_DIAG: Final = re.compile(rb"\s*(?:COUNT\s*\(\s*\*\s*\)\s*)?(?:WARNINGS|ERRORS)\b", re.I)
+_SHOW_BINLOG: Final = re.compile(rb"\s*(?:MASTER|BINARY|BINLOG)\b", re.I)
 
 
 def _show(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -613,7 +615,7 @@ def _executed(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classifica
     )
 
 
-_EXPLAIN_OPTS = re.compile(
+_EXPLAIN_OPTS: Final = re.compile(
     rb"(?:\s++|EXTENDED\b|PARTITIONS\b|FORMAT\s*=\s*[A-Za-z]+\b|(?P<analyze>ANALYZE)\b)*+", re.I
 )
 
@@ -627,8 +629,8 @@ def _explain(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classificat
     return _plain(Kind.READ, hint)
 
 
-_ANALYZE_TABLE = re.compile(rb"\s*(?:NO_WRITE_TO_BINLOG|LOCAL|TABLES?)\b", re.I)
-_ANALYZE_OPTS = re.compile(rb"(?:\s++|FORMAT\s*=\s*[A-Za-z]+\b)*+", re.I)
+_ANALYZE_TABLE: Final = re.compile(rb"\s*(?:NO_WRITE_TO_BINLOG|LOCAL|TABLES?)\b", re.I)
+_ANALYZE_OPTS: Final = re.compile(rb"(?:\s++|FORMAT\s*=\s*[A-Za-z]+\b)*+", re.I)
 
 
 def _analyze(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -640,8 +642,8 @@ def _analyze(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classificat
     return _executed(raw, m.end(), hint, depth)
 
 
-_WITH_MAIN = re.compile(rb"[()]|\b(SELECT|TABLE|VALUES|UPDATE|DELETE|INSERT|REPLACE)\b", re.I)
-_READ_HEADS = frozenset((b"SELECT", b"TABLE", b"VALUES"))
+_WITH_MAIN: Final = re.compile(rb"[()]|\b(SELECT|TABLE|VALUES|UPDATE|DELETE|INSERT|REPLACE)\b", re.I)
+_READ_HEADS: Final = frozenset((b"SELECT", b"TABLE", b"VALUES"))
 
 
 def _top_level(k: bytes, pos: int, pattern: re.Pattern[bytes]) -> re.Match[bytes] | None:
@@ -670,18 +672,18 @@ def _with(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification
 
 # -------------------------------------------------------------------- SET
 
-_SET_STATEMENT = re.compile(rb"\s*STATEMENT\b", re.I)
-_FOR_OR_PAREN = re.compile(rb"[()]|\b(FOR)\b", re.I)
-_SET_TRX = re.compile(rb"\s*(?:(GLOBAL|SESSION|LOCAL)\s+)?TRANSACTION\b", re.I)
-_TRX_CHAR = re.compile(
+_SET_STATEMENT: Final = re.compile(rb"\s*STATEMENT\b", re.I)
+_FOR_OR_PAREN: Final = re.compile(rb"[()]|\b(FOR)\b", re.I)
+_SET_TRX: Final = re.compile(rb"\s*(?:(GLOBAL|SESSION|LOCAL)\s+)?TRANSACTION\b", re.I)
+_TRX_CHAR: Final = re.compile(
     rb"""\s*(?:ISOLATION\s+LEVEL\s+(?P<level>READ\s+UNCOMMITTED|READ\s+COMMITTED
                                     |REPEATABLE\s+READ|SERIALIZABLE)
              |(?P<mode>READ\s+ONLY|READ\s+WRITE))\b\s*(?P<comma>,)?""",
     re.I | re.X,
 )
-_SPLIT = re.compile(rb"[(),]")
-_VAR = rb"[A-Za-z0-9_$\x80-\xff]+(?:\.[A-Za-z0-9_$\x80-\xff]+)?|`x*`"
-_SET_TARGET = re.compile(
+_SPLIT: Final = re.compile(rb"[(),]")
+_VAR: Final = rb"[A-Za-z0-9_$\x80-\xff]+(?:\.[A-Za-z0-9_$\x80-\xff]+)?|`x*`"
+_SET_TARGET: Final = re.compile(
     rb"""\s*(?:(?P<kw>GLOBAL|SESSION|LOCAL|PERSIST|PERSIST_ONLY)\s+)?
     (?: (?P<names>NAMES)\b
       | (?P<charset>CHARACTER\s+SET|CHARSET)\b
@@ -695,22 +697,22 @@ _SET_TARGET = re.compile(
     )\s*""",
     re.I | re.X,
 )
-_ASSIGN = re.compile(rb":?=")
+_ASSIGN: Final = re.compile(rb":?=")
 # A number, a string or one word cannot hold a master-only construct: skip the scan.
-_SIMPLE_VALUE = re.compile(rb"\s*(?:[-+]?[0-9.]+|'x*'|\"x*\"|[A-Za-z_][A-Za-z0-9_]*)\s*")
-_CS = rb"(?:[A-Za-z0-9_$]+|'x*'|\"x*\"|`x*`)"
-_NAMES_VALUE = re.compile(
+_SIMPLE_VALUE: Final = re.compile(rb"\s*(?:[-+]?[0-9.]+|'x*'|\"x*\"|[A-Za-z_][A-Za-z0-9_]*)\s*")
+_CS: Final = rb"(?:[A-Za-z0-9_$]+|'x*'|\"x*\"|`x*`)"
+_NAMES_VALUE: Final = re.compile(
     rb"(?P<cs>" + _CS + rb")(?:\s+COLLATE\s+(?P<co>" + _CS + rb"))?\s*\Z", re.I
 )
-_CHARSET_VALUE = re.compile(rb"(?P<cs>" + _CS + rb")\s*\Z")
-_SCOPES = {
+_CHARSET_VALUE: Final = re.compile(rb"(?P<cs>" + _CS + rb")\s*\Z")
+_SCOPES: Final = {
     b"GLOBAL": "global",
     b"PERSIST": "global",
     b"PERSIST_ONLY": "global",
     b"SESSION": "session",
     b"LOCAL": "session",
 }
-_NOT_VARIABLES = frozenset(("password",))  # SET PASSWORD = ... changes an account
+_NOT_VARIABLES: Final = frozenset(("password",))  # SET PASSWORD = ... changes an account
 
 
 def _set(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -827,37 +829,37 @@ def _set_transaction(
 
 # ------------------------------------------------- transactions, locks, names
 
-_USE = re.compile(rb"\s*(?P<a>" + _IDENT + rb")[\s;]*\Z")
-_BEGIN = re.compile(rb"\s*(?:WORK\b)?[\s;]*\Z", re.I)
-_START_TRX = re.compile(rb"\s*TRANSACTION\b", re.I)
-_START_CHAR = re.compile(
+_USE: Final = re.compile(rb"\s*(?P<a>" + _IDENT + rb")[\s;]*\Z")
+_BEGIN: Final = re.compile(rb"\s*(?:WORK\b)?[\s;]*\Z", re.I)
+_START_TRX: Final = re.compile(rb"\s*TRANSACTION\b", re.I)
+_START_CHAR: Final = re.compile(
     rb"\s*(?:(?P<ro>READ\s+ONLY)|READ\s+WRITE|WITH\s+CONSISTENT\s+SNAPSHOT)\b\s*(?P<comma>,)?",
     re.I,
 )
-_END_TRX = re.compile(
+_END_TRX: Final = re.compile(
     rb"\s*(?:WORK\b)?\s*(?:AND\s+(?:NO\s+)?CHAIN\b)?\s*(?:(?:NO\s+)?RELEASE\b)?[\s;]*\Z", re.I
 )
-_ROLLBACK_TO = re.compile(rb"\s*(?:WORK\s+)?TO\b", re.I)
-_SAVEPOINT = re.compile(rb"\s*" + _IDENT + rb"[\s;]*\Z")
-_RELEASE = re.compile(rb"\s*SAVEPOINT\s+" + _IDENT + rb"[\s;]*\Z", re.I)
-_XA = re.compile(rb"\s*(START|BEGIN|END|PREPARE|COMMIT|ROLLBACK|RECOVER)\b", re.I)
-_TABLES = re.compile(rb"\s*TABLES?\b", re.I)
-_FLUSH_LOCK = re.compile(rb"\bWITH\s+READ\s+LOCK\b|\bFOR\s+EXPORT\b", re.I)
-_PREPARE = re.compile(rb"\s*(?P<a>" + _IDENT + rb")\s+FROM\b", re.I)
-_EXECUTE = re.compile(rb"\s*(?:(?P<imm>IMMEDIATE)\b|(?P<a>" + _IDENT + rb"))", re.I)
-_DEALLOCATE = re.compile(rb"\s*PREPARE\s+(?P<a>" + _IDENT + rb")", re.I)
-_CREATE_TEMP = re.compile(
+_ROLLBACK_TO: Final = re.compile(rb"\s*(?:WORK\s+)?TO\b", re.I)
+_SAVEPOINT: Final = re.compile(rb"\s*" + _IDENT + rb"[\s;]*\Z")
+_RELEASE: Final = re.compile(rb"\s*SAVEPOINT\s+" + _IDENT + rb"[\s;]*\Z", re.I)
+_XA: Final = re.compile(rb"\s*(START|BEGIN|END|PREPARE|COMMIT|ROLLBACK|RECOVER)\b", re.I)
+_TABLES: Final = re.compile(rb"\s*TABLES?\b", re.I)
+_FLUSH_LOCK: Final = re.compile(rb"\bWITH\s+READ\s+LOCK\b|\bFOR\s+EXPORT\b", re.I)
+_PREPARE: Final = re.compile(rb"\s*(?P<a>" + _IDENT + rb")\s+FROM\b", re.I)
+_EXECUTE: Final = re.compile(rb"\s*(?:(?P<imm>IMMEDIATE)\b|(?P<a>" + _IDENT + rb"))", re.I)
+_DEALLOCATE: Final = re.compile(rb"\s*PREPARE\s+(?P<a>" + _IDENT + rb")", re.I)
+_CREATE_TEMP: Final = re.compile(
     rb"\s*(?:OR\s+REPLACE\s+)?TEMPORARY\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _QNAME, re.I
 )
-_DROP = re.compile(
+_DROP: Final = re.compile(
     rb"\s*(?:PREPARE\s+(?P<a>"
     + _IDENT
     + rb")|(?P<temp>TEMPORARY\s+)?TABLES?\s+(?:IF\s+EXISTS\b)?)",
     re.I,
 )
-_DROP_NAME = re.compile(rb"\s*" + _QNAME + rb"\s*(?P<comma>,)?")
-_HANDLER = re.compile(rb"\s*" + _QNAME + rb"\s+(?:(?P<open>OPEN)|(?P<close>CLOSE))\b", re.I)
-_DIAGNOSTICS = re.compile(rb"\s*(?:CURRENT\s+|STACKED\s+)?DIAGNOSTICS\b", re.I)
+_DROP_NAME: Final = re.compile(rb"\s*" + _QNAME + rb"\s*(?P<comma>,)?")
+_HANDLER: Final = re.compile(rb"\s*" + _QNAME + rb"\s+(?:(?P<open>OPEN)|(?P<close>CLOSE))\b", re.I)
+_DIAGNOSTICS: Final = re.compile(rb"\s*(?:CURRENT\s+|STACKED\s+)?DIAGNOSTICS\b", re.I)
 
 
 def _use(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -1034,7 +1036,7 @@ def _handler(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classificat
     )
 
 
-_USER_VAR = re.compile(rb"(?<!@)@(?!@)")
+_USER_VAR: Final = re.compile(rb"(?<!@)@(?!@)")
 
 
 def _call(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -1051,7 +1053,7 @@ def _get(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
     return _write(hint)
 
 
-_KILL_TAIL = re.compile(rb"[\s;]*\Z")
+_KILL_TAIL: Final = re.compile(rb"[\s;]*\Z")
 
 
 def _kill(raw: bytes, pos: int, hint: Hint | None, depth: int) -> Classification:
@@ -1178,7 +1180,7 @@ def _combine(parts: tuple[Classification, ...], hint: Hint | None) -> Classifica
     )
 
 
-_KILL_IN_MULTI = KillRequest(unsupported="KILL in a multi-statement query")
+_KILL_IN_MULTI: Final = KillRequest(unsupported="KILL in a multi-statement query")
 
 
 def _classify(
@@ -1217,8 +1219,8 @@ def _classify(
     return c
 
 
-_HINT_MASTER = Hint("master")
-_HINT_REPLICA = Hint("replica")
+_HINT_MASTER: Final = Hint("master")
+_HINT_REPLICA: Final = Hint("replica")
 
 
 def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True) -> Classification:
@@ -1258,14 +1260,14 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
 # Results of recent statement texts (the same text always gets the same, immutable, result):
 # applications repeat BEGIN, COMMIT, health checks and many statements verbatim. Bounded,
 # oldest entry out first; long texts (bulk INSERTs) are not kept.
-_CACHE_SIZE = 4096
-_CACHE_TEXT_MAX = 512
+_CACHE_SIZE: Final = 4096
+_CACHE_TEXT_MAX: Final = 512
 _CACHE_MULTI: dict[bytes, Classification] = {}
 _CACHE_SINGLE: dict[bytes, Classification] = {}
 
 
 # Statements that change the schema, after any comments (the first statement of several).
-_DDL = re.compile(
+_DDL: Final = re.compile(
     rb"\s*(?:/\*.*?\*/\s*|(?:--|#)[^\n]*\n\s*)*(?:CREATE|ALTER|DROP|RENAME|TRUNCATE)\b",
     re.I | re.S,
 )
@@ -1273,7 +1275,7 @@ _DDL = re.compile(
 
 # ----------------------------------------------------------------- literals
 
-_LITERAL = re.compile(
+_LITERAL: Final = re.compile(
     r"""[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?
       | 0[xX][0-9a-fA-F]+ | 0[bB][01]+
       | (?:_[A-Za-z0-9]+\s*|[NnXxBb](?='))?'(?:[^'\\]|\\.|'')*'
@@ -1282,7 +1284,7 @@ _LITERAL = re.compile(
     re.X | re.S,
 )
 # Bare words that are functions: their value differs between backends and over time.
-_NOT_LITERAL_WORDS = frozenset(
+_NOT_LITERAL_WORDS: Final = frozenset(
     w.casefold()
     for w in (
         "CURRENT_DATE CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER CURRENT_ROLE LOCALTIME "

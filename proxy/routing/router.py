@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple, Protocol
 
 from .. import errors
 from ..errors import BatonFailure, ErrorCode
@@ -42,14 +42,14 @@ if TYPE_CHECKING:
     from ..stats import Stats
     from .statements import PreparedStatement
 
-_READ = Kind.READ
-_BEGIN = Kind.BEGIN
-_EXECUTE = int(Command.STMT_EXECUTE)
+_READ: Final = Kind.READ
+_BEGIN: Final = Kind.BEGIN
+_EXECUTE: Final = int(Command.STMT_EXECUTE)
 
 # Commands that read and may run on a replica when the session is free to move.
-_REPLICA_COMMANDS = frozenset({int(Command.FIELD_LIST)})
+_REPLICA_COMMANDS: Final = frozenset({int(Command.FIELD_LIST)})
 # Commands that change nothing: run again elsewhere when their backend dies under them.
-_SAFE_TO_REPEAT = frozenset(
+_SAFE_TO_REPEAT: Final = frozenset(
     int(c) for c in (Command.STMT_PREPARE, Command.FIELD_LIST, Command.STATISTICS, Command.INIT_DB)
 )
 
@@ -116,7 +116,7 @@ class Close:
 
 
 Verdict = Retry | Fail | Close
-RETRY = Retry()
+RETRY: Final = Retry()
 
 
 class Router:
@@ -273,7 +273,7 @@ class Router:
         topology = self.topology
         return sum(1 for w in writers if not topology.is_fenced(w)) >= 2
 
-    DDL_BARRIER_S = 10.0  # longest reads stay off replicas after a DDL (a stuck monitor)
+    DDL_BARRIER_S: ClassVar[float] = 10.0  # longest reads stay off replicas after a DDL (a stuck monitor)
 
     def ddl_started(self) -> None:
         self._ddl_hold_until = self.clock() + self.DDL_BARRIER_S

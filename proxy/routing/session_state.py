@@ -14,9 +14,11 @@ client to another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final, Protocol
 
-from ..backend import BackendConnection, BackendError
+from ..backend import BackendError
 from ..protocol.constants import Command
 from ..protocol.packets import ErrPacket
 from .classifier import SetItem, is_literal
@@ -33,16 +35,32 @@ class StateRestoreError(BackendError):
         self.server_err = server_err
 
 
+class Restorable(Protocol):
+    """What ``restore`` and ``in_sync`` read and set on a connection: a BackendConnection's
+    state marks and its pipeline (the pools' unit tests pass their own connections)."""
+
+    backend: str
+    reset_pending: bool
+    schema: str | None
+    multi_option: int | None
+    state_owner: object
+    state_version: int
+
+    async def pipeline(
+        self, commands: Sequence[tuple[int, bytes]], timeout: float
+    ) -> list[ErrPacket | None]: ...
+
+
 # Variables whose value belongs to one connection or one statement: never replayed.
-_NOT_REPLAYED = frozenset(
+_NOT_REPLAYED: Final = frozenset(
     {"last_gtid", "timestamp", "insert_id", "last_insert_id", "identity", "rand_seed1",
      "rand_seed2", "warning_count", "error_count", "pseudo_thread_id", "gtid_seq_no",
      "gtid_domain_id", "server_id", "sql_log_bin", "skip_replication"}
 )
 
 # Isolation level and access mode as session variables, so they fit in one SET list.
-_TRANSACTION_VARS = {"isolation_level": "tx_isolation", "access_mode": "tx_read_only"}
-_ISOLATION_LEVELS = frozenset({"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+_TRANSACTION_VARS: Final = {"isolation_level": "tx_isolation", "access_mode": "tx_read_only"}
+_ISOLATION_LEVELS: Final = frozenset({"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
 
 
 @dataclass
@@ -136,7 +154,7 @@ def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-async def restore(owner: object, state: SessionState, conn: BackendConnection) -> None:
+async def restore(owner: object, state: SessionState, conn: Restorable) -> None:
     """Makes ``conn`` match the session ``owner`` whose recorded state is ``state``: the
     reset of the last session's state, the schema, the multi-statement option and the SETs
     it lacks, written at once (one round trip), checked in order."""
@@ -170,7 +188,7 @@ async def restore(owner: object, state: SessionState, conn: BackendConnection) -
         conn.state_version = state.version
 
 
-def in_sync(owner: object, state: SessionState, conn: BackendConnection) -> bool:
+def in_sync(owner: object, state: SessionState, conn: Restorable) -> bool:
     """Does ``conn`` already hold this session's state (nothing to replay)?"""
     return (
         conn.state_owner is owner

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from typing import Final, cast
 
 from .. import errors
 from ..backend import BackendError, Credentials
@@ -40,7 +40,7 @@ from .state import COMMAND_STATES, ClientState, shown_activity
 
 log = logging.getLogger("baton.client")
 
-_S = ClientState
+_S: Final = ClientState
 
 
 class ClientSession(Commands):
@@ -175,12 +175,12 @@ class ClientSession(Commands):
             if target is not None:
                 try:
                     await self._connection_for(target)
-                except StateRestoreError as exc:
+                except StateRestoreError as refused:  # (one name per type: mypyc, native.py)
                     # COM_INIT_DB on a pooled connection refused the schema: the server's
                     # own 1049/1044, as a login straight to it would get.
-                    err = exc.server_err
-                    reply = frame(encode_err(err), seq) if err else self._backend_error_frame(exc, seq)
-                    self._fatal(reply, f"login: {exc}")
+                    err = refused.server_err
+                    reply = frame(encode_err(err), seq) if err else self._backend_error_frame(refused, seq)
+                    self._fatal(reply, f"login: {refused}")
                     return
                 except BackendError as exc:
                     self._fatal(self._backend_error_frame(exc, seq), f"login: {exc}")

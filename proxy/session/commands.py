@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from .. import errors
 from ..protocol.constants import Capability, Command
@@ -18,11 +19,11 @@ from .state import ClientState
 
 log = logging.getLogger("baton.client")
 
-_QUERY = int(Command.QUERY)
-_MULTI_STATEMENTS = int(Capability.MULTI_STATEMENTS)
+_QUERY: Final = int(Command.QUERY)
+_MULTI_STATEMENTS: Final = int(Capability.MULTI_STATEMENTS)
 
 # Commands a client may send once logged in that go to a backend as they are.
-_FORWARDED = frozenset(
+_FORWARDED: Final = frozenset(
     {
         Command.INIT_DB,
         Command.FIELD_LIST,
@@ -174,7 +175,8 @@ class Commands(PreparedCommands):
         return bool(self.capabilities & _MULTI_STATEMENTS)
 
 
-_IDLE, _WAITING = ClientState.IDLE, ClientState.WAITING
+_IDLE: Final = ClientState.IDLE
+_WAITING: Final = ClientState.WAITING
 
 _HANDLERS: dict[int, Callable[[Commands, bytes], None]] = {
     **{int(c): Commands._forwarded for c in _FORWARDED},

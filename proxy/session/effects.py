@@ -8,7 +8,7 @@ other connections), and, after a write in "session" consistency or any DDL, the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..protocol.packets import parse_text_row
 from ..protocol.wire import PayloadReader, ProtocolError
@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from ..backend import BackendConnection
     from ..protocol.response import ResponseTracker
 
-_SESSION, _USE = Kind.SESSION, Kind.USE
-_IDLE, _WAITING = ClientState.IDLE, ClientState.WAITING
+_SESSION: Final = Kind.SESSION
+_USE: Final = Kind.USE
+_IDLE: Final = ClientState.IDLE
+_WAITING: Final = ClientState.WAITING
 
 
 class StatementEffects(ClientIntake):

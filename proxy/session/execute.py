@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .. import errors
 from ..backend import BackendConnection, BackendError, Credentials
@@ -34,15 +34,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("baton.client")
 
-_IN_TRANS = int(ServerStatus.IN_TRANS)
-_CURSOR = int(ServerStatus.CURSOR_EXISTS)
-_QUERY = int(Command.QUERY)
-_EXECUTE = int(Command.STMT_EXECUTE)
-_ER_NEED_REPREPARE = 1615
-_READ_ONLY_ERRORS = frozenset({1290, 1792})  # --read-only server / READ ONLY transaction
-_WRITE, _COMMIT = Kind.WRITE, Kind.COMMIT
-_IDLE, _ACTIVE, _WAITING = ClientState.IDLE, ClientState.ACTIVE, ClientState.WAITING
-_INFILE, _CLOSED = ClientState.INFILE, ClientState.CLOSED
+_IN_TRANS: Final = int(ServerStatus.IN_TRANS)
+_CURSOR: Final = int(ServerStatus.CURSOR_EXISTS)
+_QUERY: Final = int(Command.QUERY)
+_EXECUTE: Final = int(Command.STMT_EXECUTE)
+_ER_NEED_REPREPARE: Final = 1615
+_READ_ONLY_ERRORS: Final = frozenset({1290, 1792})  # --read-only server / READ ONLY transaction
+_WRITE: Final = Kind.WRITE
+_COMMIT: Final = Kind.COMMIT
+_IDLE: Final = ClientState.IDLE
+_ACTIVE: Final = ClientState.ACTIVE
+_WAITING: Final = ClientState.WAITING
+_INFILE: Final = ClientState.INFILE
+_CLOSED: Final = ClientState.CLOSED
 
 
 class Execution(StatementEffects):
@@ -172,8 +176,8 @@ class Execution(StatementEffects):
                 return
             self._finish_with(self._backend_error_frame(exc, 1))
             return
-        except BatonFailure as exc:
-            self.finish_with_error(exc.code, **exc.params)
+        except BatonFailure as failure:  # (not "exc" again: mypyc gives a name one type)
+            self.finish_with_error(failure.code, **failure.params)
             return
         self._forward(conn, inflight, payload)
 

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import errors
 from ..backend import BackendError
@@ -43,27 +43,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("baton.client")
 
-_IN_TRANS = int(ServerStatus.IN_TRANS)
+_IN_TRANS: Final = int(ServerStatus.IN_TRANS)
 # Status flags that describe the session; the rest (cursor, last row, more results, state
 # changed) describe one response and must not leak into OK packets Baton builds itself.
-_REPLY_STATUS = int(
+_REPLY_STATUS: Final = int(
     ServerStatus.IN_TRANS
     | ServerStatus.AUTOCOMMIT
     | ServerStatus.IN_TRANS_READONLY
     | ServerStatus.NO_BACKSLASH_ESCAPES
 )
 # Bytes inflated from a compressed client per pass; the rest waits until they are served.
-_INFLATE_BUDGET = 4 << 20
+_INFLATE_BUDGET: Final = 4 << 20
 # Packets taken from one client's buffer in one go (pipelined PINGs are answered without a
 # backend, so without this a flood would hold the event loop).
-_PACKETS_PER_PASS = 512
+_PACKETS_PER_PASS: Final = 512
 
-_LOGIN, _IDLE, _INFILE, _CLOSED = (
-    ClientState.LOGIN,
-    ClientState.IDLE,
-    ClientState.INFILE,
-    ClientState.CLOSED,
-)
+_LOGIN: Final = ClientState.LOGIN
+_IDLE: Final = ClientState.IDLE
+_INFILE: Final = ClientState.INFILE
+_CLOSED: Final = ClientState.CLOSED
 
 ClientTransport = asyncio.Transport | TLSTransport | CompressedTransport
 

@@ -7,7 +7,7 @@ read) through the slow path, so holding and retries are the same as for any comm
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .. import errors
 from ..backend import BackendConnection, BackendError
@@ -29,7 +29,7 @@ from .state import Inflight
 if TYPE_CHECKING:
     from ..protocol.response import ResponseTracker
 
-_EXECUTE = int(Command.STMT_EXECUTE)
+_EXECUTE: Final = int(Command.STMT_EXECUTE)
 
 
 class PreparedCommands(Execution):

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from mypy_extensions import mypyc_attr
 
 from ..protocol.constants import ServerStatus
 from ..routing.classifier import Classification, Pin
@@ -24,8 +26,8 @@ if TYPE_CHECKING:
     from ..backend import BackendConnection
     from ..routing.statements import PreparedStatement
 
-_IN_TRANS = int(ServerStatus.IN_TRANS)
-_AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
+_IN_TRANS: Final = int(ServerStatus.IN_TRANS)
+_AUTOCOMMIT: Final = int(ServerStatus.AUTOCOMMIT)
 
 
 class ClientState(Enum):
@@ -42,7 +44,7 @@ class ClientState(Enum):
     __hash__ = object.__hash__
 
 
-_S = ClientState
+_S: Final = ClientState
 _MOVES: dict[ClientState, frozenset[ClientState]] = {
     _S.LOGIN: frozenset({_S.WAITING, _S.CLOSED}),  # logged in: the default schema is checked
     _S.IDLE: frozenset({_S.ACTIVE, _S.CLOSED}),
@@ -52,14 +54,14 @@ _MOVES: dict[ClientState, frozenset[ClientState]] = {
     _S.CLOSED: frozenset(),
 }
 # States in which packets from the client are commands (queued while one is served).
-COMMAND_STATES = frozenset({_S.IDLE, _S.WAITING, _S.ACTIVE})
+COMMAND_STATES: Final = frozenset({_S.IDLE, _S.WAITING, _S.ACTIVE})
 
 
 # What SHOW CLIENTS says a session does (pgbouncer's words). "waiting": a command has not
 # reached a backend yet (a pool connection, a master during a failover hold, a PAUSE, a
 # replica catching up for a causal read); "active": it is being served. Between commands a
 # session is "in-transaction" or "idle".
-_SHOWN = {_S.LOGIN: "login", _S.WAITING: "waiting", _S.ACTIVE: "active", _S.INFILE: "active"}
+_SHOWN: Final = {_S.LOGIN: "login", _S.WAITING: "waiting", _S.ACTIVE: "active", _S.INFILE: "active"}
 
 
 def shown_activity(state: ClientState, in_transaction: bool) -> str:
@@ -70,6 +72,7 @@ def shown_activity(state: ClientState, in_transaction: bool) -> str:
     return "in-transaction" if in_transaction else "idle"
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles subclasses of few builtins (native.py)
 class ImpossibleTransition(RuntimeError):
     """A bug: the session was asked to move where its current state cannot go."""
 
