@@ -13,10 +13,15 @@ does), and it does not depend on how much CPU the other tenants of the machine l
     .venv/bin/python -m perf.hotpath --profile /tmp/baton.prof   # cProfile of the measured runs
     .venv/bin/python -m perf.hotpath --compare /tmp/base          # A/B: this tree vs another
     .venv/bin/python -m perf.hotpath --callgrind --events 3000   # instructions per statement
+    .venv/bin/python -m perf.hotpath --floor                      # and the least a Python proxy costs
 
 ``--compare DIR`` starts a second Baton from DIR's ``proxy/`` (e.g. ``git archive main | tar -x
 -C DIR``) beside this tree's, and alternates the runs between the two, so that both see the
 same machine: the ratio of their medians is the figure to trust on a shared host.
+
+``--floor`` also runs ``perf/floor_proxy.py`` (bytes across unread, one backend connection per
+client, uvloop) in the same alternation: its user CPU per statement is what any Python proxy
+pays for its callbacks and writes, so Baton's minus the floor's is what Baton's own work costs.
 
 ``--callgrind`` runs Baton under ``valgrind --tool=callgrind`` with instrumentation switched on
 only for the measured runs (``callgrind_control``) and reports instructions per statement.
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the runs as JSON")
     p.add_argument("--compare", metavar="DIR", type=Path,
                    help="also run a Baton from DIR's proxy/ and alternate runs (A/B)")
+    p.add_argument("--floor", action="store_true",
+                   help="also run perf/floor_proxy.py, the least a Python proxy costs")
     p.add_argument("--baton-config-section", metavar="SECTION.KEY=VALUE", type=parse_override,
                    action="append", default=[])
     args = p.parse_args(argv)
@@ -190,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 module = "perf._profiled"
             if args.profile:
                 os.environ["BATON_PROFILE_OUT"] = str(Path(args.profile).resolve())
-            roots = [("this", REPO_ROOT)] + ([("compare", args.compare.resolve())] if args.compare else [])
-            for label, root in roots:
+            roots = [("this", REPO_ROOT, module)]
+            if args.compare:
+                roots.append(("compare", args.compare.resolve(), module))
+            if args.floor:
+                roots.append(("floor", REPO_ROOT, "perf.floor_proxy"))
+            for label, root, module in roots:
                 (port,) = free_ports(1)
                 config = sandbox.config_toml(port, admin_port=0, metrics_port=0,
                                              **override_sections(args.baton_config_section))
@@ -241,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             if a and b:
                 print(f"{test}: this / compare, user us/stmt {a['user_us_median'] / b['user_us_median']:.3f}"
                       f", user+sys {a['total_us_median'] / b['total_us_median']:.3f}")
+    if args.floor:
+        for test in tests:
+            a, f = summary.get(f"this:{test}"), summary.get(f"floor:{test}")
+            if a and f:
+                print(f"{test}: Baton's own work (this - floor), user us/stmt "
+                      f"{a['user_us_median'] - f['user_us_median']:.1f}; this / floor, user+sys "
+                      f"{a['total_us_median'] / f['total_us_median']:.3f}")
     if args.profile:
         import pstats
 
