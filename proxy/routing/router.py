@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 from .. import errors
 from ..errors import BatonFailure, ErrorCode
@@ -85,10 +85,12 @@ class RouterHost(Protocol):
     def split_brain_writers(self) -> Collection[str] | None: ...
 
 
-class Route(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Route:
     """Where a command runs: ``target`` None means "hold it until a master is writable".
     ``read``: nothing is changed there, so it may be retried elsewhere; ``causal``: it must
-    first wait for the session's last write on that replica."""
+    first wait for the session's last write on that replica. (A dataclass, not a NamedTuple:
+    compiled, one is made per statement without the interpreter.)"""
 
     target: str | None
     read: bool = False
