@@ -52,6 +52,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from itertools import islice
 from typing import Final
 
 __all__ = [
@@ -1299,7 +1300,11 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
         c = replace(c, local=True)
     if cacheable:
         if len(cache) >= _CACHE_SIZE:
-            del cache[next(iter(cache))]  # the oldest entry
+            # The oldest eighth out at once. A dict keeps the slots of deleted entries at its
+            # front until it resizes, so taking the single oldest entry at every miss scanned
+            # thousands of them (2.2 us per miss, measured); once per 512 misses it is noise.
+            for old in list(islice(cache, _CACHE_EVICT)):
+                del cache[old]
         cache[raw] = c
     return c
 
@@ -1308,6 +1313,7 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
 # applications repeat BEGIN, COMMIT, health checks and many statements verbatim. Bounded,
 # oldest entry out first; long texts (bulk INSERTs) are not kept.
 _CACHE_SIZE: Final = 4096
+_CACHE_EVICT: Final = _CACHE_SIZE // 8
 _CACHE_TEXT_MAX: Final = 512
 _CACHE_MULTI: dict[bytes, Classification] = {}
 _CACHE_SINGLE: dict[bytes, Classification] = {}

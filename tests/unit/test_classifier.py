@@ -1005,6 +1005,17 @@ def test_kill_forms_baton_cannot_resolve_are_refused_not_forwarded(sql: bytes, w
         assert classify(sql, multi_statements=False).kill is not None
 
 
+def test_statement_cache_lets_the_oldest_go_first() -> None:
+    classifier._CACHE_MULTI.clear()
+    stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 1)]
+    results = [classify(s) for s in stmts]
+    cache = classifier._CACHE_MULTI
+    assert len(cache) <= classifier._CACHE_SIZE
+    assert stmts[0] not in cache  # evicted with the oldest eighth
+    assert all(cache[s] is r for s, r in zip(stmts[-100:], results[-100:], strict=True))
+    classifier._CACHE_MULTI.clear()
+
+
 def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() -> None:
     stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
     stmts += [b"SELECT @a := 1", b"KILL 7", b"SET @baton_consistency = 'session'", b"DROP TABLE t"]
