@@ -69,12 +69,13 @@ def build_native(only_status: bool) -> None:
     """
     from . import native
 
-    if not only_status:
-        try:
-            click.echo(f"built: {native.build()}")
-        except Exception as exc:  # a compiler error, no mypy...: Baton still runs interpreted
-            raise click.ClickException(f"native build failed: {exc}") from None
-    click.echo(f"baton here runs: {native.status if only_status else 'compiled'}")
+    if only_status:
+        click.echo(f"baton here runs: {native.status}")
+        return
+    try:
+        click.echo(f"built (Baton processes started from now on run it): {native.build()}")
+    except Exception as exc:  # a compiler error, no mypy...: Baton still runs interpreted
+        raise click.ClickException(f"native build failed: {exc}") from None
 
 
 @main.command("check-config")

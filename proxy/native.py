@@ -100,7 +100,7 @@ class NativeFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, file)
 
 
-# What install() decided, for the startup log and the admin views.
+# What install() decided, for the startup log and `baton build-native --status`.
 status = "not installed"
 
 
@@ -112,11 +112,7 @@ def install() -> str:
         status = "interpreted (BATON_NATIVE=0)"
         return status
     if any(isinstance(finder, NativeFinder) for finder in sys.meta_path):
-        return status
-    loaded = [name for name in HOT_MODULES if name in sys.modules]
-    if loaded:  # too late to swap them: keep one kind of each module in the process
-        status = f"interpreted ({loaded[0]} was imported before proxy.native)"
-        return status
+        return status  # (proxy/__init__ ran again, e.g. a reload: the finder is in place)
     directory = build_dir()
     if not (directory / _COMPLETE).is_file():
         status = f"interpreted (no build for these sources in {directory.parent}; ./run setup makes one)"
