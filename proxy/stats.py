@@ -15,7 +15,7 @@ _COMMAND_NAMES: Final = {int(c): c.name.lower() for c in Command}
 # Upper bounds (seconds) of the statement latency buckets, Prometheus-style "le". Fixed so that
 # observing costs one C-level bisect and one list increment; the metrics endpoint turns these
 # into a histogram at scrape time.
-LATENCY_BUCKETS: tuple[float, ...] = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 

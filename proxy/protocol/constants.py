@@ -5,6 +5,7 @@ plain ints (``int(Capability.X)``) where an enum lookup would cost too much.
 """
 
 from enum import IntEnum, IntFlag
+from typing import Final
 
 
 class Capability(IntFlag):
@@ -189,7 +190,7 @@ LOCAL_INFILE_HEADER = 0xFB
 AUTH_MORE_DATA_HEADER = 0x01
 AUTH_SWITCH_HEADER = 0xFE
 
-MAX_PAYLOAD = 0xFFFFFF  # a frame of exactly this length is continued by the next frame
+MAX_PAYLOAD: Final = 0xFFFFFF  # a frame of exactly this length is continued by the next frame
 
 CHARSET_UTF8MB4_GENERAL_CI = 45
 CHARSET_BINARY = 63

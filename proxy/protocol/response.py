@@ -79,7 +79,7 @@ _INFILE: Final = int(_State.INFILE)
 _FIELD_LIST: Final = int(_State.FIELD_LIST)
 
 # How each command's response begins.
-_START_STATE: dict[int, int] = {
+_START_STATE: Final[dict[int, int]] = {
     Command.QUERY: _RESULT_START,
     Command.STMT_EXECUTE: _RESULT_START,
     Command.PROCESS_INFO: _RESULT_START,

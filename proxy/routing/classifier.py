@@ -474,7 +474,7 @@ def _effects(raw: bytes) -> _Effects | None:
     return eff
 
 
-_RESULTS: dict[tuple[object, ...], Classification] = {}
+_RESULTS: Final[dict[tuple[object, ...], Classification]] = {}
 
 
 def _result(
@@ -1133,7 +1133,7 @@ def _kill_request(words: list[bytes]) -> KillRequest:
 
 
 _Handler = Callable[[bytes, int, "Hint | None", int], Classification]
-_HANDLERS: dict[bytes, _Handler] = {
+_HANDLERS: Final[dict[bytes, _Handler]] = {
     b"SELECT": _read,
     b"TABLE": _read,
     b"VALUES": _read,
@@ -1321,8 +1321,8 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
 _CACHE_SIZE: Final = 4096
 _CACHE_EVICT: Final = _CACHE_SIZE // 8
 _CACHE_TEXT_MAX: Final = 512
-_CACHE_MULTI: dict[bytes, Classification] = {}
-_CACHE_SINGLE: dict[bytes, Classification] = {}
+_CACHE_MULTI: Final[dict[bytes, Classification]] = {}
+_CACHE_SINGLE: Final[dict[bytes, Classification]] = {}
 
 
 # Statements that change the schema, after any comments (the first statement of several).

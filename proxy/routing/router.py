@@ -85,24 +85,36 @@ class RouterHost(Protocol):
     def split_brain_writers(self) -> Collection[str] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Route:
     """Where a command runs: ``target`` None means "hold it until a master is writable".
     ``read``: nothing is changed there, so it may be retried elsewhere; ``causal``: it must
     first wait for the session's last write on that replica.
 
-    One is made per statement: ``__init__`` is written out so that, compiled (proxy/native.py),
-    it runs in C (the dataclass-generated one stays interpreted: 760 ns). Set through
-    ``object.__setattr__`` as a frozen dataclass's own ``__init__`` does."""
+    One is made per statement, so it is a plain class, not a dataclass: compiled
+    (proxy/native.py), a decorated class is built through its type object (a generic call),
+    a plain one by a direct C constructor. ``Final`` keeps its fields unchanged (mypy)."""
 
-    target: str | None
-    read: bool
-    causal: bool
+    __slots__ = ("target", "read", "causal")
+
+    target: Final[str | None]
+    read: Final[bool]
+    causal: Final[bool]
 
     def __init__(self, target: str | None, read: bool = False, causal: bool = False) -> None:
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "read", read)
-        object.__setattr__(self, "causal", causal)
+        self.target = target
+        self.read = read
+        self.causal = causal
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Route):
+            return NotImplemented
+        return (self.target, self.read, self.causal) == (other.target, other.read, other.causal)
+
+    def __hash__(self) -> int:
+        return hash((self.target, self.read, self.causal))
+
+    def __repr__(self) -> str:
+        return f"Route(target={self.target!r}, read={self.read}, causal={self.causal})"
 
 
 @dataclass(frozen=True, slots=True)

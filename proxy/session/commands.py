@@ -178,7 +178,7 @@ class Commands(PreparedCommands):
 _IDLE: Final = ClientState.IDLE
 _WAITING: Final = ClientState.WAITING
 
-_HANDLERS: dict[int, Callable[[Commands, bytes], None]] = {
+_HANDLERS: Final[dict[int, Callable[[Commands, bytes], None]]] = {
     **{int(c): Commands._forwarded for c in _FORWARDED},
     int(Command.STMT_PREPARE): Commands._stmt_prepare,
     int(Command.STMT_EXECUTE): Commands._stmt_execute,
