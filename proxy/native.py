@@ -29,7 +29,9 @@ from pathlib import Path
 from types import ModuleType
 
 # The modules a statement passes through (intake -> routing -> backend -> response tracking),
-# and the state they touch on the way. Only these are compiled; the rest is not hot.
+# the state they touch on the way (the topology: master, fencing, readable replicas), and the
+# packet codecs the monitor parses its samples with (its CPU is per second, on every process).
+# Only these are compiled; the rest is not hot.
 HOT_MODULES: tuple[str, ...] = (
     "proxy.session.intake",
     "proxy.session.effects",
@@ -47,6 +49,10 @@ HOT_MODULES: tuple[str, ...] = (
     "proxy.routing.session_state",
     "proxy.routing.classifier",
     "proxy.stats",
+    "proxy.health.topology",
+    "proxy.health.states",
+    "proxy.protocol.wire",
+    "proxy.protocol.packets",
 )
 GROUP = "baton_native"  # the shared library: <GROUP>__mypyc.<abi>.so
 _COMPLETE = "COMPLETE"  # written last: a build without it is unfinished

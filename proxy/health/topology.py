@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mypy_extensions import mypyc_attr
+
 from proxy.health.events import (
     PROMOTION_SOURCES,
     BackendDown,
@@ -64,6 +66,8 @@ class _Backend:
     master_epoch: int | None = None  # last epoch in which this backend was master
 
 
+# Pickled to worker processes: a native (compiled) frozen dataclass cannot be unpickled.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True)
 class BackendView:
     name: str
@@ -76,6 +80,8 @@ class BackendView:
     lag_s: float | None
 
 
+# Pickled to worker processes: a native (compiled) frozen dataclass cannot be unpickled.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True)
 class TopologySnapshot:
     """What the admin port shows. Backends in configuration order."""
