@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import logging
+import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1006,23 +1009,26 @@ def test_kill_forms_baton_cannot_resolve_are_refused_not_forwarded(sql: bytes, w
 
 
 def test_statement_cache_lets_the_oldest_go_first() -> None:
-    classifier._CACHE_MULTI.clear()
-    stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 1)]
+    classifier.clear_caches()
+    # (backticks: texts without a shape, each one its own entry)
+    stmts = [b"SELECT c FROM `t` WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 1)]
     results = [classify(s) for s in stmts]
     cache = classifier._CACHE_MULTI
     assert len(cache) <= classifier._CACHE_SIZE
     assert stmts[0] not in cache  # evicted with the oldest eighth
     assert all(cache[s] is r for s, r in zip(stmts[-100:], results[-100:], strict=True))
-    classifier._CACHE_MULTI.clear()
+    classifier.clear_caches()
 
 
 def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() -> None:
-    stmts = [b"SELECT c FROM t WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
+    stmts = [b"SELECT c FROM t%d WHERE id=%d" % (i, i) for i in range(classifier._CACHE_SIZE + 100)]
+    stmts += [b"SELECT c FROM `t` WHERE id=%d" % i for i in range(classifier._CACHE_SIZE + 100)]
     stmts += [b"SELECT @a := 1", b"KILL 7", b"SET @baton_consistency = 'session'", b"DROP TABLE t"]
     first = [classify(s) for s in stmts]
     assert len(classifier._CACHE_MULTI) <= classifier._CACHE_SIZE
+    assert len(classifier._SHAPES_MULTI) <= classifier._CACHE_SIZE
     again = [classify(s) for s in stmts]
-    classifier._CACHE_MULTI.clear()
+    classifier.clear_caches()
     fresh = [classify(s) for s in stmts]
     assert first == again == fresh
     assert fresh[-4].pin is Pin.USER_VAR_ASSIGN and fresh[-3].kill == KillRequest(7, False)
@@ -1036,3 +1042,107 @@ def test_statement_cache_is_bounded_and_gives_what_classifying_afresh_gives() ->
     big = b"SELECT * FROM t WHERE id IN (" + b",".join(b"%d" % i for i in range(200)) + b")"
     classify(big)
     assert big not in classifier._CACHE_MULTI
+
+
+# --- statements of one shape: one statement, different values ----------------------------------
+
+# Texts that differ from the first of each pair only in digits and string contents: those
+# with a value-free result share it, the others must not (a lock name, a KILL id, a SET).
+SAME_SHAPE = [
+    (b"SELECT c FROM sbtest1 WHERE id=5012", b"SELECT c FROM sbtest3 WHERE id=1700"),
+    (b"UPDATE t SET c='a;b' WHERE id=1", b"UPDATE t SET c='it''s' WHERE id=2"),
+    (b"SELECT 1 FOR UPDATE", b"SELECT 2 FOR UPDATE"),
+    (b"SELECT GET_LOCK1('a', 1)", b"SELECT GET_LOCK2('b', 2)"),
+    (b"SELECT GET_LOCK('a', 1)", b"SELECT GET_LOCK('b', 2)"),
+    (b"KILL 5", b"KILL 6"),
+    (b"SET @x = 1", b"SET @x = 2"),
+    (b"SET autocommit=1", b"SET autocommit=0"),
+    (b"USE db1", b"USE db2"),
+    (b"CREATE TEMPORARY TABLE t1 (a INT)", b"CREATE TEMPORARY TABLE t2 (a INT)"),
+    (b"DROP TABLE t1", b"DROP TABLE t2"),
+    (b"PREPARE s1 FROM 'SELECT 1'", b"PREPARE s2 FROM 'DELETE FROM t'"),
+    (b"SELECT @v1 := 1", b"SELECT @v2 := 2"),
+    (b"SELECT 1; SELECT 2", b"SELECT 3; SELECT 4"),
+    (b"START TRANSACTION READ ONLY", b"START TRANSACTION READ ONLY"),
+    (b"SELECT 'x'; DELETE FROM t", b"SELECT ';'; DELETE FROM t"),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), SAME_SHAPE, ids=[p[0].decode() for p in SAME_SHAPE])
+def test_a_text_of_a_known_shape_gets_what_classifying_it_afresh_gives(first: bytes, second: bytes) -> None:
+    classifier.clear_caches()
+    assert classifier._shape(first) == classifier._shape(second)
+    classify(first)
+    shared = classify(second)
+    classifier.clear_caches()
+    assert shared == classify(second)
+
+
+def test_statements_of_one_shape_share_one_result_and_valued_ones_do_not() -> None:
+    classifier.clear_caches()
+    one = classify(b"SELECT c FROM sbtest1 WHERE id=5012")
+    assert classify(b"SELECT c FROM sbtest2 WHERE id=6301") is one  # as many digits: one shape
+    assert classifier._CACHE_MULTI[b"SELECT c FROM sbtest2 WHERE id=6301"] is one  # kept as text too
+    assert classify(b"KILL 6").kill == KillRequest(6)  # KILL 5's result is not KILL 6's
+    classify(b"KILL 5")
+    assert classify(b"KILL 6").kill == KillRequest(6)
+    assert classify(b"SELECT GET_LOCK('a', 1)").lock_calls != classify(b"SELECT GET_LOCK('b', 1)").lock_calls
+    # what the shape cannot read faithfully is classified as written
+    for text in (b"SELECT '\\'' FROM t", b"SELECT `1`", b'SELECT "1"', b"SELECT 1 # x",
+                 b"SELECT /* baton:replica=db1 */ 1", b"SELECT 1 -- x"):
+        assert classifier._shape(text) is None
+    classifier.clear_caches()
+
+
+_FILL = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="'\\"), max_size=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(template=st.sampled_from([a for a, _ in SAME_SHAPE]), data=st.data())
+def test_values_changed_in_a_known_shape_never_change_the_result(template: bytes, data: st.DataObject) -> None:
+    """Property: digits and string contents replaced at random; the shared result is the fresh one."""
+
+    def refill(text: bytes) -> bytes:
+        parts = text.split(b"'")
+        for i in range(1, len(parts), 2):  # inside quotes: any content without ' and backslash
+            parts[i] = data.draw(_FILL).encode()
+        out = b"'".join(parts)
+        return bytes(data.draw(st.sampled_from(b"0123456789")) if 48 <= b <= 57 else b for b in out)
+
+    classifier.clear_caches()
+    classify(refill(template))
+    second = refill(template)
+    shared = classify(second)
+    classifier.clear_caches()
+    assert shared == classify(second)
+
+
+def test_every_statement_of_these_tests_keeps_its_result_when_its_values_change() -> None:
+    """The whole corpus above (every bytes literal in this file), each text with a shape
+    refilled three times at random: a result shared by shape is the one a fresh parse gives."""
+    tree = ast.parse(Path(__file__).read_text())
+    texts = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, bytes)}
+    rnd = random.Random(7)
+
+    def refill(text: bytes) -> bytes:
+        parts = text.split(b"'")
+        for i in range(1, len(parts), 2):
+            parts[i] = bytes(rnd.choice(b"ab;c d,()=-*/x") for _ in range(rnd.randint(0, 6)))
+        return bytes(rnd.choice(b"0123456789") if 48 <= b <= 57 else b for b in b"'".join(parts))
+
+    checked = 0
+    for text in sorted(t for t in texts if len(t) <= classifier._CACHE_TEXT_MAX):
+        shape = classifier._shape(text)
+        if shape is None:
+            continue
+        for variant in {refill(text) for _ in range(3)}:
+            if classifier._shape(variant) != shape:
+                continue  # a quote refilled into the unquoted part: another shape
+            for multi in (True, False):
+                classifier.clear_caches()
+                classify(text, multi)
+                shared = classify(variant, multi)
+                classifier.clear_caches()
+                assert shared == classify(variant, multi), (text, variant, multi)
+                checked += 1
+    assert checked > 500
