@@ -1290,6 +1290,7 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
     """
     raw = sql if type(sql) is bytes else bytes(sql)
     cache = _CACHE_MULTI if multi_statements else _CACHE_SINGLE
+    shapes = _SHAPES_MULTI if multi_statements else _SHAPES_SINGLE
     cacheable = len(raw) <= _CACHE_TEXT_MAX
     shape: bytes | None = None
     if cacheable:
@@ -1298,7 +1299,7 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
             return c
         shape = _shape(raw)
         if shape is not None:
-            c = (_SHAPES_MULTI if multi_statements else _SHAPES_SINGLE).get(shape)
+            c = shapes.get(shape)
             if c is not None:
                 _remember(cache, raw, c)  # a text that comes again costs one lookup
                 return c
@@ -1318,7 +1319,7 @@ def classify(sql: bytes | bytearray | memoryview, multi_statements: bool = True)
     if cacheable:
         _remember(cache, raw, c)
         if shape is not None and _value_free(c):
-            _remember(_SHAPES_MULTI if multi_statements else _SHAPES_SINGLE, shape, c)
+            _remember(shapes, shape, c)
     return c
 
 
