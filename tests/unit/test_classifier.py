@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1068,14 +1069,28 @@ SAME_SHAPE = [
 ]
 
 
+def _assert_shared_result_is_fresh(first: bytes, second: bytes, multi: bool = True) -> None:
+    """``second`` classified after ``first`` (from the shape cache when they share a shape)
+    gives what classifying ``second`` with empty caches gives."""
+    classifier.clear_caches()
+    classify(first, multi)
+    shared = classify(second, multi)
+    classifier.clear_caches()
+    assert shared == classify(second, multi), (first, second, multi)
+
+
+def _refilled(text: bytes, content: Callable[[], bytes], digit: Callable[[], int]) -> bytes:
+    """``text`` with each single-quoted string's content and each digit replaced."""
+    parts = text.split(b"'")
+    for i in range(1, len(parts), 2):
+        parts[i] = content()
+    return bytes(digit() if 48 <= b <= 57 else b for b in b"'".join(parts))
+
+
 @pytest.mark.parametrize(("first", "second"), SAME_SHAPE, ids=[p[0].decode() for p in SAME_SHAPE])
 def test_a_text_of_a_known_shape_gets_what_classifying_it_afresh_gives(first: bytes, second: bytes) -> None:
-    classifier.clear_caches()
     assert classifier._shape(first) == classifier._shape(second)
-    classify(first)
-    shared = classify(second)
-    classifier.clear_caches()
-    assert shared == classify(second)
+    _assert_shared_result_is_fresh(first, second)
 
 
 def test_statements_of_one_shape_share_one_result_and_valued_ones_do_not() -> None:
@@ -1095,6 +1110,7 @@ def test_statements_of_one_shape_share_one_result_and_valued_ones_do_not() -> No
 
 
 _FILL = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="'\\"), max_size=12)
+_DIGIT = st.sampled_from(b"0123456789")
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -1102,19 +1118,10 @@ _FILL = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="'\\"),
 def test_values_changed_in_a_known_shape_never_change_the_result(template: bytes, data: st.DataObject) -> None:
     """Property: digits and string contents replaced at random; the shared result is the fresh one."""
 
-    def refill(text: bytes) -> bytes:
-        parts = text.split(b"'")
-        for i in range(1, len(parts), 2):  # inside quotes: any content without ' and backslash
-            parts[i] = data.draw(_FILL).encode()
-        out = b"'".join(parts)
-        return bytes(data.draw(st.sampled_from(b"0123456789")) if 48 <= b <= 57 else b for b in out)
+    def refill(text: bytes) -> bytes:  # inside quotes: any content without ' and backslash
+        return _refilled(text, lambda: data.draw(_FILL).encode(), lambda: data.draw(_DIGIT))
 
-    classifier.clear_caches()
-    classify(refill(template))
-    second = refill(template)
-    shared = classify(second)
-    classifier.clear_caches()
-    assert shared == classify(second)
+    _assert_shared_result_is_fresh(refill(template), refill(template))
 
 
 def test_every_statement_of_these_tests_keeps_its_result_when_its_values_change() -> None:
@@ -1125,10 +1132,11 @@ def test_every_statement_of_these_tests_keeps_its_result_when_its_values_change(
     rnd = random.Random(7)
 
     def refill(text: bytes) -> bytes:
-        parts = text.split(b"'")
-        for i in range(1, len(parts), 2):
-            parts[i] = bytes(rnd.choice(b"ab;c d,()=-*/x") for _ in range(rnd.randint(0, 6)))
-        return bytes(rnd.choice(b"0123456789") if 48 <= b <= 57 else b for b in b"'".join(parts))
+        return _refilled(
+            text,
+            lambda: bytes(rnd.choice(b"ab;c d,()=-*/x") for _ in range(rnd.randint(0, 6))),
+            lambda: rnd.choice(b"0123456789"),
+        )
 
     checked = 0
     for text in sorted(t for t in texts if len(t) <= classifier._CACHE_TEXT_MAX):
@@ -1139,10 +1147,6 @@ def test_every_statement_of_these_tests_keeps_its_result_when_its_values_change(
             if classifier._shape(variant) != shape:
                 continue  # a quote refilled into the unquoted part: another shape
             for multi in (True, False):
-                classifier.clear_caches()
-                classify(text, multi)
-                shared = classify(variant, multi)
-                classifier.clear_caches()
-                assert shared == classify(variant, multi), (text, variant, multi)
+                _assert_shared_result_is_fresh(text, variant, multi)
                 checked += 1
     assert checked > 500
