@@ -1,6 +1,6 @@
 """One connection from Baton to a MariaDB/MySQL server: login, then commands.
 
-The hot path is ``send()`` + ``data_received()``: command bytes go out with ``writelines``, and
+The hot path is ``send()`` + ``data_received()``: command bytes go out in one write, and
 response bytes are handed to the sink (normally the client's session) as they arrive, while a
 ``ResponseTracker`` reads only packet headers to see where the response ends. Baton's own
 queries (``query()``) use the same path with a collecting sink.
@@ -282,14 +282,22 @@ class BackendConnection(asyncio.Protocol):
         tracker.start(command, collect)
         if tracker.state != _RESPONSE_DONE:  # a response is expected (expects_response)
             self.sink = sink
-        self.transport.writelines(buffers)
+        self._write(buffers)
         self.last_used = time.monotonic()
         return self.sink is not None
 
     def send_more(self, buffers: Sequence[bytes | memoryview]) -> None:
         """More bytes of the current command (LOCAL INFILE data)."""
+        self._write(buffers)
+
+    def _write(self, buffers: Sequence[bytes | memoryview]) -> None:
+        """One buffer (a small command, see ``frames``) takes the transport's direct write;
+        several (a large one, as views) take ``writelines``."""
         assert self.transport is not None
-        self.transport.writelines(buffers)
+        if len(buffers) == 1:
+            self.transport.write(buffers[0])
+        else:
+            self.transport.writelines(buffers)
 
     async def query(self, sql: str | bytes, timeout: float | None = None) -> QueryResult:
         """Runs a statement for Baton itself and returns its (last) result."""

@@ -14,6 +14,11 @@ from .constants import MAX_PAYLOAD
 from .wire import ProtocolError
 
 _HEADER: Final = struct.Struct("<I")
+# Below this size a payload is copied behind its header into one buffer: one bytes object goes
+# out through the transport's direct write (a write syscall), where a header and a payload view
+# take uvloop's writelines path (a write request object, writev, a completion callback on the
+# next loop turn), which costs more than copying a statement of a few KiB.
+_COPY_LIMIT: Final = 64 * 1024
 
 
 class PacketTooLarge(ProtocolError):
@@ -37,8 +42,11 @@ def frame(payload: bytes, seq: int = 0) -> bytes:
 
 
 def frames(payload: bytes | memoryview, seq: int = 0) -> list[bytes | memoryview]:
-    """Buffers to write for one logical packet, without copying large payloads."""
+    """Buffers to write for one logical packet: one buffer for a small payload, views (no
+    copy) of a large one."""
     length = len(payload)
+    if length < _COPY_LIMIT:
+        return [_HEADER.pack(length | ((seq & 0xFF) << 24)) + payload]
     if length < MAX_PAYLOAD:
         return [_HEADER.pack(length | ((seq & 0xFF) << 24)), payload]
     view = memoryview(payload)

@@ -1,7 +1,7 @@
 """Running one command on a backend: route it, forward it, stream the response back.
 
 Fast path: the session already holds a live, idle connection to the target with its state in
-sync, so forwarding is a synchronous ``writelines`` (``_dispatch`` -> ``_forward``). Slow path
+sync, so forwarding is a synchronous write (``_dispatch`` -> ``_forward``). Slow path
 (a connection must be acquired, state restored, a PAUSE or a failover waited out, a replica
 caught up, a prepared statement re-prepared) runs in a task (``_dispatch_slow``). The router
 decides (``Route``, and ``Retry``/``Fail``/``Close`` after a backend loss); this layer acts.

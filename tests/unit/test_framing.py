@@ -38,6 +38,19 @@ def test_small_packet_is_one_frame() -> None:
     assert frame(b"", 7) == b"\x00\x00\x00\x07"
 
 
+def test_a_small_payload_is_one_buffer_and_a_large_one_is_not_copied() -> None:
+    """A statement goes out in one write (one bytes: the transport's direct write path, no
+    writev request); a payload of 64 KiB or more is written from the caller's buffer."""
+    small = memoryview(b"\x03SELECT 1")
+    assert frames(small, 0) == [frame(b"\x03SELECT 1", 0)]
+    large = bytearray(b"x" * (64 * 1024))
+    buffers = frames(memoryview(large), 5)
+    assert len(buffers) == 2 and buffers[0] == header(len(large), 5)
+    large[0] = ord("y")  # the view still reads the caller's bytes: nothing was copied
+    assert bytes(buffers[1][:1]) == b"y"
+    assert frames(b"x" * (64 * 1024 - 1), 0) == [frame(b"x" * (64 * 1024 - 1), 0)]
+
+
 @pytest.fixture(scope="module")
 def big_payloads() -> dict[int, bytes]:
     # Distinct byte patterns per size so that a misplaced frame boundary shows.
