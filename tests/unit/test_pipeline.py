@@ -29,6 +29,9 @@ class Transport(asyncio.Transport):
         self.written: list[bytes] = []
         self.closed = False
 
+    def write(self, data) -> None:  # type: ignore[no-untyped-def, override]
+        self.written.append(bytes(data))
+
     def writelines(self, data) -> None:  # type: ignore[no-untyped-def, override]
         self.written += [bytes(d) for d in data]
 
