@@ -88,6 +88,9 @@ class Baton:
         self.idle_release_s = 1.0
         self.last_reload: ReloadResult | None = None
         self._resumed: asyncio.Future[None] | None = None
+        # Statements are held (PAUSE). A plain attribute, not a property over ``_resumed``:
+        # every statement reads it, and a property runs an interpreted frame per read.
+        self.paused = False
         sha2 = config.proxy.auth_plugin == "caching_sha2_password"
         rsa_key = auth.generate_rsa_key() if sha2 else None  # for the full auth exchange
         self.context = SessionContext(
@@ -139,10 +142,6 @@ class Baton:
     @property
     def server_version(self) -> str:
         return self.context.server_version
-
-    @property
-    def paused(self) -> bool:
-        return self._resumed is not None
 
     @property
     def user_limits(self) -> UserLimits:
@@ -446,11 +445,13 @@ class Baton:
         """Holds new statements (running ones finish), like pgbouncer's PAUSE."""
         if self._resumed is None:
             self._resumed = self.loop.create_future()
+            self.paused = True
             log.warning("paused")
 
     def resume(self) -> None:
         if self._resumed is not None:
             fut, self._resumed = self._resumed, None
+            self.paused = False
             fut.set_result(None)
             log.warning("resumed")
 

@@ -140,6 +140,9 @@ class BackendConnection(asyncio.Protocol):
         self.tracker = ResponseTracker(0)
         self.sink: ResponseSink | None = None
         self.created_at = time.monotonic()
+        # When it went idle in the pool (set by ``Pool.release``): the idle reaper and the
+        # eviction at the cap read it of pooled connections only, so the hot path, where a
+        # session holds the connection, leaves it alone.
         self.last_used = self.created_at
         self.generation = 0  # the pool's generation when this connection was made
         self.pool_key: object = None
@@ -179,7 +182,6 @@ class BackendConnection(asyncio.Protocol):
                     sink.response_data(memoryview(data)[:used])
                 if tracker.state == _RESPONSE_DONE:
                     self.sink = None
-                    self.last_used = time.monotonic()
                     sink.response_done(self)
                     # (busy, not self.sink: the type checker, and mypyc with it, would take
                     # self.sink for the None assigned above, though response_done may re-arm it)
@@ -191,7 +193,6 @@ class BackendConnection(asyncio.Protocol):
             state = tracker.state
             if state == _RESPONSE_DONE:
                 self.sink = None
-                self.last_used = time.monotonic()
                 sink.response_done(self)
             elif state == _AWAITING_INFILE:
                 sink.response_infile(self)
@@ -283,7 +284,6 @@ class BackendConnection(asyncio.Protocol):
         if tracker.state != _RESPONSE_DONE:  # a response is expected (expects_response)
             self.sink = sink
         self._write(buffers)
-        self.last_used = time.monotonic()
         return self.sink is not None
 
     def send_more(self, buffers: Sequence[bytes | memoryview]) -> None:

@@ -33,6 +33,7 @@ from types import ModuleType
 # packet codecs the monitor parses its samples with (its CPU is per second, on every process).
 # Only these are compiled; the rest is not hot.
 HOT_MODULES: tuple[str, ...] = (
+    "proxy.session.context",
     "proxy.session.intake",
     "proxy.session.effects",
     "proxy.session.execute",
@@ -45,6 +46,7 @@ HOT_MODULES: tuple[str, ...] = (
     "proxy.protocol.response",
     "proxy.protocol.framing",
     "proxy.routing.router",
+    "proxy.routing.session_routing",
     "proxy.routing.balancer",
     "proxy.routing.session_state",
     "proxy.routing.classifier",

@@ -34,6 +34,7 @@ from ..errors import BatonFailure, ErrorCode
 from ..protocol.constants import Command
 from .balancer import WeightedRoundRobin
 from .classifier import Classification, Kind
+from .session_routing import SessionRouting
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -52,27 +53,6 @@ _REPLICA_COMMANDS: Final = frozenset({int(Command.FIELD_LIST)})
 _SAFE_TO_REPEAT: Final = frozenset(
     int(c) for c in (Command.STMT_PREPARE, Command.FIELD_LIST, Command.STATISTICS, Command.INIT_DB)
 )
-
-
-class RoutedSession(Protocol):
-    """What the router reads of a session (``session.state.SessionRouting``); never writes."""
-
-    @property
-    def trx_backend(self) -> str | None: ...
-    @property
-    def last_backend(self) -> str | None: ...
-    @property
-    def pins(self) -> Collection[object]: ...
-    @property
-    def pin_next(self) -> bool: ...
-    @property
-    def consistency(self) -> str | None: ...
-    @property
-    def causal_gtid(self) -> str | None: ...
-    @property
-    def in_transaction(self) -> bool: ...
-    @property
-    def autocommit(self) -> bool: ...
 
 
 class RouterHost(Protocol):
@@ -179,7 +159,7 @@ class Router:
         self.buffer_max = config.failover.buffer_max
         self.weights = {b.name: b.weight for b in config.backends}
 
-    def consistency_for(self, session: RoutedSession) -> str:
+    def consistency_for(self, session: SessionRouting) -> str:
         """The session's read-your-writes mode: its own SET @baton_consistency, or the default."""
         return session.consistency or self.consistency
 
@@ -203,7 +183,7 @@ class Router:
 
     def route(
         self,
-        session: RoutedSession,
+        session: SessionRouting,
         cls: Classification | None,
         command: int,
         payload: bytes = b"",
@@ -239,7 +219,7 @@ class Router:
             return Route(self.master())
         return self.read_target(session, None)
 
-    def _opens_transaction(self, session: RoutedSession, cls: Classification | None) -> Route:
+    def _opens_transaction(self, session: SessionRouting, cls: Classification | None) -> Route:
         """autocommit=0, no transaction open: this statement opens one, which stays where it
         starts. The master, unless the client itself asked for a replica."""
         if cls is not None:
@@ -252,7 +232,7 @@ class Router:
                 return self.read_target(session, None)
         return Route(self.master())
 
-    def read_target(self, session: RoutedSession, name: str | None) -> Route:
+    def read_target(self, session: SessionRouting, name: str | None) -> Route:
         """A replica for a read (a named one for a hint), or the master as fallback."""
         topology = self.topology
         readable = topology.readable_replicas()
@@ -371,7 +351,7 @@ class Router:
 
     def after_loss(
         self,
-        session: RoutedSession,
+        session: SessionRouting,
         backend: str,
         command: int,
         read: bool,

@@ -8,7 +8,6 @@ and TLS context on reload, the server version once learned); every session reads
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..server_login import LoginGate
@@ -53,24 +52,49 @@ class PeerSession(Protocol):
     user: str
 
     def running_connection(self) -> BackendConnection | None: ...
-    def kill(self, reason: str = ...) -> None: ...
+    def kill(self, reason: str = "killed by admin") -> None: ...
 
 
-@dataclass(slots=True)
 class SessionContext:
-    config: Config
-    host: SessionHost
-    router: Router
-    pools: Pools
-    stats: Stats
-    topology: Topology
-    sessions: dict[int, PeerSession]  # open sessions by connection id (KILL, limits)
-    server_version: str
-    backend_capabilities: int  # asked of backends whatever the client negotiated
-    tls_context: ssl.SSLContext | None = None
-    rsa_key: rsa.RSAPrivateKey | None = None
-    sha2_cache: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
-    pause_timeout_s: float = 60.0  # PAUSE holds statements at most this long
-    user_limits: UserLimits = field(default_factory=UserLimits)  # [[users]] max_connections
-    login_gate: LoginGate = field(default_factory=lambda: LoginGate(1000, 100, LoginThrottle()))
-    idle_holders: IdleHolders = field(default_factory=IdleHolders)  # who may give one back
+    """Compiled with the hot path (``native.HOT_MODULES``): a session reads ``ctx.stats``,
+    ``ctx.router``, ``ctx.topology``... several times per statement, as C struct members. A plain
+    class, not a dataclass: mypyc builds a dataclass's annotations at import, and these types
+    are imported for the type checker only."""
+
+    __slots__ = (
+        "config", "host", "router", "pools", "stats", "topology", "sessions", "server_version",
+        "backend_capabilities", "tls_context", "rsa_key", "sha2_cache", "pause_timeout_s",
+        "user_limits", "login_gate", "idle_holders",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        host: SessionHost,
+        router: Router,
+        pools: Pools,
+        stats: Stats,
+        topology: Topology,
+        sessions: dict[int, PeerSession],
+        server_version: str,
+        backend_capabilities: int,
+        tls_context: ssl.SSLContext | None = None,
+        rsa_key: rsa.RSAPrivateKey | None = None,
+        idle_holders: IdleHolders | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.router = router
+        self.pools = pools
+        self.stats = stats
+        self.topology = topology
+        self.sessions = sessions  # open sessions by connection id (KILL, limits)
+        self.server_version = server_version
+        self.backend_capabilities = backend_capabilities  # asked of backends whatever the client negotiated
+        self.tls_context = tls_context
+        self.rsa_key = rsa_key
+        self.sha2_cache: dict[str, tuple[bytes, bytes]] = {}
+        self.pause_timeout_s = 60.0  # PAUSE holds statements at most this long
+        self.user_limits = UserLimits()  # [[users]] max_connections
+        self.login_gate = LoginGate(1000, 100, LoginThrottle())
+        self.idle_holders = idle_holders if idle_holders is not None else IdleHolders()  # who may give one back

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Final
 from ..protocol.packets import parse_text_row
 from ..protocol.wire import PayloadReader, ProtocolError
 from ..routing.classifier import Classification, Kind, Pin
+from ..routing.session_routing import SessionPin
 from ..routing.session_state import in_sync
 from . import causal
 from .intake import ClientIntake
-from .state import ClientState, Inflight, SessionPin
+from .state import ClientState, Inflight
 
 if TYPE_CHECKING:
     from ..backend import BackendConnection

@@ -38,6 +38,8 @@ _IN_TRANS: Final = int(ServerStatus.IN_TRANS)
 _CURSOR: Final = int(ServerStatus.CURSOR_EXISTS)
 _QUERY: Final = int(Command.QUERY)
 _EXECUTE: Final = int(Command.STMT_EXECUTE)
+_INIT_DB: Final = int(Command.INIT_DB)
+_SET_OPTION: Final = int(Command.SET_OPTION)
 _ER_NEED_REPREPARE: Final = 1615
 _READ_ONLY_ERRORS: Final = frozenset({1290, 1792})  # --read-only server / READ ONLY transaction
 _WRITE: Final = Kind.WRITE
@@ -304,11 +306,11 @@ class Execution(StatementEffects):
         cls = inflight.cls
         if cls is not None:
             self._observe_query(cls, conn, error is None)
-        elif inflight.command == Command.INIT_DB and error is None:
+        elif inflight.command == _INIT_DB and error is None:
             self.state.schema = conn.schema = inflight.payload[1:].decode("utf-8", "replace")
             self._synced(conn)
         elif (
-            inflight.command == Command.SET_OPTION and error is None and len(inflight.payload) >= 3
+            inflight.command == _SET_OPTION and error is None and len(inflight.payload) >= 3
         ):
             self.state.multi_option = conn.multi_option = inflight.payload[1] | (
                 inflight.payload[2] << 8

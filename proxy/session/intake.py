@@ -29,12 +29,13 @@ from ..protocol.constants import ServerStatus
 from ..protocol.framing import PacketReader, PacketTooLarge, frame
 from ..protocol.packets import OkPacket, encode_err, encode_ok
 from ..protocol.wire import ProtocolError
+from ..routing.session_routing import SessionRouting
 from ..routing.session_state import SessionState, StateRestoreError
 from ..routing.statements import SessionStatements
 from ..server_login import PRE_AUTH_MAX_PACKET
 from ..tls import TLSTransport
 from .leases import Why
-from .state import COMMAND_STATES, ClientState, Inflight, SessionRouting, next_state
+from .state import COMMAND_STATES, ClientState, Inflight, next_state
 
 if TYPE_CHECKING:
     from ..backend import BackendConnection

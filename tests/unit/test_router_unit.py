@@ -21,8 +21,8 @@ from proxy.health.topology import Topology
 from proxy.protocol.constants import Command, ServerStatus
 from proxy.routing.classifier import Pin, classify
 from proxy.routing.router import RETRY, Close, Fail, Route, Router
+from proxy.routing.session_routing import SessionRouting
 from proxy.routing.statements import PreparedStatement
-from proxy.session.state import SessionRouting
 from proxy.stats import Stats
 
 QUERY, EXECUTE, FIELD_LIST = int(Command.QUERY), int(Command.STMT_EXECUTE), int(Command.FIELD_LIST)

@@ -8,12 +8,11 @@ import pytest
 
 from proxy.protocol.constants import ServerStatus
 from proxy.routing.classifier import Pin, classify
+from proxy.routing.session_routing import SessionPin, SessionRouting
 from proxy.session.state import (
     COMMAND_STATES,
     ClientState,
     ImpossibleTransition,
-    SessionPin,
-    SessionRouting,
     next_state,
     shown_activity,
 )
