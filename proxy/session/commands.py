@@ -48,27 +48,32 @@ class Commands(PreparedCommands):
         while queue and self.client_state is _IDLE and not self._output_paused:
             seq, payload = queue.popleft()
             self.queued_bytes -= len(payload)
-            if seq != 0:
-                self._fatal(
-                    errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), f"command with sequence id {seq}"
-                )
-                return
-            if not payload:
-                self._fatal(
-                    errors.MALFORMED_PACKET.frame(1, reason="empty command packet"), "empty command"
-                )
-                return
-            self.queries += 1
-            command = payload[0]
-            try:
-                if command == _QUERY:
-                    self._query(payload)
-                else:
-                    _HANDLERS.get(command, Commands._unknown)(self, payload)
-            except ProtocolError as exc:
-                self._finish_with(errors.MALFORMED_PACKET.frame(1, reason=exc))
+            self._serve(seq, payload)
         if not queue:
             self._resume_intake()
+
+    def _serve(self, seq: int, payload: bytes) -> None:
+        """Starts one command (the session is idle). Straight from intake when it came alone
+        with nothing queued, the usual case: no trip through the queue."""
+        if seq != 0:
+            self._fatal(
+                errors.PACKETS_OUT_OF_ORDER.frame(seq + 1), f"command with sequence id {seq}"
+            )
+            return
+        if not payload:
+            self._fatal(
+                errors.MALFORMED_PACKET.frame(1, reason="empty command packet"), "empty command"
+            )
+            return
+        self.queries += 1
+        command = payload[0]
+        try:
+            if command == _QUERY:
+                self._query(payload)
+            else:
+                _HANDLERS.get(command, Commands._unknown)(self, payload)
+        except ProtocolError as exc:
+            self._finish_with(errors.MALFORMED_PACKET.frame(1, reason=exc))
 
     def _query(self, payload: bytes) -> None:
         inflight = self._begin(_QUERY, payload)

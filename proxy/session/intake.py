@@ -156,9 +156,9 @@ class ClientIntake(asyncio.Protocol):
         if self.client_state is _IDLE and not self.queue and not self._output_paused:
             pkt = self.reader.take_whole(data)
             if pkt is not None:  # the usual case: one whole command, nothing queued
-                self.queue.append(pkt)
-                self.queued_bytes += len(pkt[1])
-                self._next()
+                self._serve(pkt[0], pkt[1])
+                if not self.queue:
+                    self._resume_intake()
                 return
         self.reader.feed(data)
         self._pump()
@@ -245,6 +245,10 @@ class ClientIntake(asyncio.Protocol):
 
     def _next(self) -> None:
         """Serves queued commands until one has to wait (``commands.Commands``)."""
+        raise NotImplementedError
+
+    def _serve(self, seq: int, payload: bytes) -> None:
+        """Starts one command, the session being idle (``commands.Commands``)."""
         raise NotImplementedError
 
     def _login_packet(self, seq: int, payload: bytes) -> None:
