@@ -12,7 +12,8 @@ threads doing autocommit INSERTs through Baton and recording every acknowledged 
 * rows written to the old master after it is restarted (split-brain writes; must be 0),
 * Baton's own failover timeline (SHOW FAILOVERS on the admin port).
 
-Run: ``./run perf failover_drill --rounds 10``. The test suite runs it with fewer rounds.
+Run: ``./run perf failover_drill --rounds 10`` (``--workers 2``: Baton with two worker processes).
+The test suite runs it with fewer rounds.
 """
 
 from __future__ import annotations
@@ -158,16 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--no-semi-sync", action="store_true")
     ap.add_argument("--settle", type=float, default=6.0, help="seconds of load after the kill")
+    ap.add_argument("--workers", type=int, default=1, help="Baton's [proxy] workers (default 1)")
     args = ap.parse_args(argv)
     results = []
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}")
         with tempfile.TemporaryDirectory(prefix="baton-drill-") as tmp:
-            results.append(one_round(Path(tmp), args.writers, not args.no_semi_sync, args.settle))
+            results.append(one_round(Path(tmp), args.writers, not args.no_semi_sync, args.settle,
+                                     workers=args.workers))
     firsts = [r.first_write_s for r in results if r.first_write_s is not None]
     print()
     print(f"{'metric':<36}{'value':>14}")
     print(f"{'rounds':<36}{len(results):>14}")
+    print(f"{'Baton workers':<36}{args.workers:>14}")
     if firsts:
         print(f"{'first write after kill, p50 (s)':<36}{statistics.median(firsts):>14.3f}")
         print(f"{'first write after kill, max (s)':<36}{max(firsts):>14.3f}")
