@@ -17,22 +17,7 @@ if TYPE_CHECKING:
 def merge_stats(parts: Iterable[Stats]) -> Stats:
     total = Stats()
     for st in parts:
-        for key, n in st.queries.items():
-            total.queries[key] += n
-        for key, n in st.query_errors.items():
-            total.query_errors[key] += n
-        for code, n in st.backend_errors.items():
-            total.backend_errors[code] += n
-        for code, n in st.baton_errors.items():
-            total.baton_errors[code] += n
-        for ok, n in st.reloads.items():
-            total.reloads[ok] += n
-        total.auth_failures += st.auth_failures
-        total.client_connections += st.client_connections
-        total.retried += st.retried
-        total.held += st.held
-        total.latency_counts = [a + b for a, b in zip(total.latency_counts, st.latency_counts, strict=True)]
-        total.latency_sum += st.latency_sum
+        total.absorb(st)
     return total
 
 

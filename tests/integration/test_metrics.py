@@ -6,10 +6,13 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from bisect import bisect_left
 from typing import Any
 
 import pymysql
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.sandbox import ReplicationSandbox
 from proxy.sandbox.baton_process import BatonProcess, admin_rows
@@ -37,6 +40,17 @@ def test_latency_buckets_are_upper_bounds() -> None:
     assert counts[float("inf")] == 1
     assert sum(stats.latency_counts) == 6
     assert stats.latency_sum == pytest.approx(21.2012)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=50))
+def test_each_latency_lands_in_the_first_bucket_that_holds_it(latencies: list[float]) -> None:
+    """The bucket is the one ``bisect_left`` picks: the first upper bound >= the latency."""
+    stats = Stats()
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    for seconds in latencies:
+        stats.observe_latency(seconds)
+        expected[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    assert stats.latency_counts == expected
 
 
 def test_error_replies_are_counted_per_backend_and_command() -> None:

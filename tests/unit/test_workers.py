@@ -14,6 +14,8 @@ from proxy.health.events import BackendFenced, EventBus, MasterPromoted
 from proxy.health.states import BackendState, StateChange
 from proxy.health.topology import Topology
 from proxy.pool import PoolStats
+from proxy.protocol.constants import Command
+from proxy.protocol.packets import ErrPacket
 from proxy.stats import Stats
 from proxy.workers.aggregate import merge_stats, pool_totals
 from proxy.workers.channel import Channel, decode, encode
@@ -196,15 +198,17 @@ def test_topology_messages_pickle() -> None:
 
 def test_stats_and_pools_of_every_worker_are_summed() -> None:
     a, b = Stats(), Stats()
-    a.queries[("db1", "query")] = 3
-    b.queries[("db1", "query")] = 4
-    b.queries[("db2", "query")] = 1
+    for stats, backend, n in ((a, "db1", 3), (b, "db1", 4), (b, "db2", 1)):
+        for _ in range(n):
+            stats.count(int(Command.QUERY), backend)
+    b.count(int(Command.PING), "db2", ErrPacket(1317, "70100", "interrupted"))
     a.client_connections, b.client_connections = 2, 5
     a.reloads[True] = 1
     a.observe_latency(0.001)
     b.observe_latency(1.0)
     total = merge_stats([a, b])
-    assert total.queries == {("db1", "query"): 7, ("db2", "query"): 1}
+    assert total.queries == {("db1", "query"): 7, ("db2", "query"): 1, ("db2", "ping"): 1}
+    assert total.query_errors == {("db2", "ping"): 1} and total.backend_errors == {1317: 1}
     assert total.client_connections == 7 and total.reloads[True] == 1
     assert sum(total.latency_counts) == 2 and total.latency_sum == pytest.approx(1.001)
     rows = [
