@@ -40,10 +40,7 @@ class Stats:
 
     def count(self, command: int, backend: str, error: ErrPacket | None = None) -> None:
         """A command (its first payload byte) answered by ``backend``."""
-        counts = self.answered.get(backend)
-        if counts is None:
-            counts = self.answered[backend] = [0] * 256
-        counts[command & 0xFF] += 1
+        self._answered_on(backend)[command & 0xFF] += 1
         if error is not None:
             self.query_errors[(backend, _command_name(command))] += 1
             self.backend_errors[error.code] += 1
@@ -62,7 +59,7 @@ class Stats:
     def absorb(self, other: Stats) -> None:
         """Adds another process's counters to these (the brain's sum of its workers)."""
         for backend, counts in other.answered.items():
-            mine = self.answered.setdefault(backend, [0] * 256)
+            mine = self._answered_on(backend)
             for command, n in enumerate(counts):
                 mine[command] += n
         for key, n in other.query_errors.items():
@@ -79,6 +76,13 @@ class Stats:
         self.held += other.held
         self.latency_counts = [a + b for a, b in zip(self.latency_counts, other.latency_counts, strict=True)]
         self.latency_sum += other.latency_sum
+
+    def _answered_on(self, backend: str) -> list[int]:
+        """``backend``'s counters, one per command byte."""
+        counts = self.answered.get(backend)
+        if counts is None:
+            counts = self.answered[backend] = [0] * 256
+        return counts
 
     def observe_latency(self, seconds: float) -> None:
         """One statement's time from its first byte in to its last byte out."""

@@ -46,9 +46,9 @@ def frames(payload: bytes | memoryview, seq: int = 0) -> list[bytes | memoryview
     copy) of a large one."""
     length = len(payload)
     if length < _COPY_LIMIT:
-        return [_HEADER.pack(length | ((seq & 0xFF) << 24)) + payload]
+        return [header(length, seq) + payload]
     if length < MAX_PAYLOAD:
-        return [_HEADER.pack(length | ((seq & 0xFF) << 24)), payload]
+        return [header(length, seq), payload]
     view = memoryview(payload)
     out: list[bytes | memoryview] = []
     offset = 0

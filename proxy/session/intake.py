@@ -157,8 +157,7 @@ class ClientIntake(asyncio.Protocol):
             pkt = self.reader.take_whole(data)
             if pkt is not None:  # the usual case: one whole command, nothing queued
                 self._serve(pkt[0], pkt[1])
-                if not self.queue:
-                    self._resume_intake()
+                self._resume_intake()  # as _next does once the queue is empty
                 return
         self.reader.feed(data)
         self._pump()
